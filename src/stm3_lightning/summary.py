@@ -1,0 +1,51 @@
+"""``stm3 summary``: the resolved config, the model's parameter count and the scan backend that would run."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from stm3_lightning.models.registry import DataInfo, build_model
+
+
+def data_info(cfg: DictConfig) -> DataInfo:
+    """Model shapes from the config alone (node count from the dataset registry, no data loading)."""
+    if cfg.data.name == "synthetic":
+        num_nodes = cfg.data.synthetic.num_nodes
+    else:
+        from stm3_lightning.data.registry import DATASETS
+
+        num_nodes = DATASETS[cfg.data.name].num_nodes
+    return DataInfo(
+        num_nodes=num_nodes,
+        input_len=cfg.data.input_len,
+        horizon=cfg.data.horizon,
+        steps_per_day=cfg.data.steps_per_day,
+        period=cfg.data.steps_per_day,
+    )
+
+
+def scan_backend_line(cfg: DictConfig) -> str:
+    requested = OmegaConf.select(cfg, "model.scan_backend", default=None)
+    if requested is None:
+        return "scan backend: n/a (model has no selective scan)"
+    from stm3_lightning.models.stm3.scan import resolve_backend
+
+    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    return f"scan backend: {resolve_backend(requested, device)} (requested {requested}, device {device.type})"
+
+
+def summarize(cfg: DictConfig) -> str:
+    model = build_model(cfg.model, data_info(cfg))
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "\n".join(
+        [
+            OmegaConf.to_yaml(cfg).rstrip(),
+            "---",
+            f"model: {cfg.model.name} ({type(model).__name__})",
+            f"params: {params}",
+            f"trainable params: {trainable}",
+            scan_backend_line(cfg),
+        ]
+    )

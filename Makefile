@@ -1,0 +1,79 @@
+# stm3-lightning — run `make help` for every target.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned by constraints.txt (CPU wheel here); a GPU box picks its build with
+# make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+DATA ?=
+EXP ?=
+ARGS ?=
+CKPT ?=
+RUNS ?= outputs
+SWEEP ?= experiments/sweeps/ablations_pems08.yaml
+SWEEP_ID ?=
+
+TRAIN_ARGS := $(if $(DATA),data=$(DATA)) $(if $(EXP),experiment=$(EXP)) $(ARGS)
+
+.PHONY: help setup test test-fast test-gpu lint format train eval summary datasets bench report ablations sweep agent clean-logs
+
+help: ## List every target
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Create .venv and install torch (CPU build unless TORCH_INDEX is set) + the package with dev extras
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[dev]"
+
+test: ## Run the whole test suite (slow tests included)
+	$(BIN)/pytest -q
+
+test-fast: ## Run the tests not marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+test-gpu: ## Run the CUDA parity tests (needs a GPU and the cuda extra)
+	$(BIN)/pytest -q -m gpu
+
+lint: ## ruff lint + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: ## ruff format + autofix
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+train: ## Train: make train [DATA=pems08] [EXP=reproduce/pems08] [ARGS="trainer.max_epochs=5 seed=3"]
+	$(BIN)/stm3 train $(TRAIN_ARGS)
+
+eval: ## Test a checkpoint with its run's config: make eval CKPT=outputs/.../checkpoints/last.ckpt
+	$(BIN)/stm3 eval ckpt=$(CKPT) $(ARGS)
+
+summary: ## Resolved config, parameter count, scan backend: make summary [DATA=..] [ARGS=..]
+	$(BIN)/stm3 summary $(TRAIN_ARGS)
+
+datasets: ## List the datasets, their files and where they come from
+	$(BIN)/stm3 datasets
+
+bench: ## Performance benchmarks (tables + JSON under benchmarks/results/)
+	$(BIN)/python -m benchmarks.train_step
+	$(BIN)/python -m benchmarks.scaling
+
+report: ## Ablation report from finished runs: make report [RUNS=outputs|wandb:entity/project]
+	$(BIN)/stm3 report runs=$(RUNS)
+
+ablations: ## Run the ablation grid locally: make ablations DATA=pems08 [ARGS=...]
+	$(BIN)/stm3 ablations $(if $(DATA),data=$(DATA)) $(ARGS)
+
+sweep: ## Create a W&B sweep: make sweep SWEEP=experiments/sweeps/ablations_pems08.yaml
+	$(BIN)/wandb sweep $(SWEEP)
+
+agent: ## Run a W&B sweep agent: make agent SWEEP_ID=entity/project/id
+	$(BIN)/wandb agent $(SWEEP_ID)
+
+clean-logs: ## Remove local run outputs and W&B offline files
+	rm -rf outputs wandb

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from stm3_lightning.config.compose import (
+    ConfigError,
+    compose,
+    compose_saved,
+    experiment_options,
+    group_options,
+)
+
+
+def test_defaults_compose() -> None:
+    cfg = compose([])
+    assert cfg.data.name == "synthetic"
+    assert cfg.model.name == "stm3"
+    assert cfg.choices.data == "synthetic"
+
+
+@pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "callbacks"])
+def test_every_group_file_composes(group: str) -> None:
+    options = group_options(group)
+    assert options, f"no configs in configs/{group}"
+    for name in options:
+        cfg = compose([f"{group}={name}"])
+        assert OmegaConf.select(cfg, group) is not None
+
+
+def test_every_experiment_composes() -> None:
+    for name in experiment_options():
+        cfg = compose([f"experiment={name}"])
+        assert cfg.choices.experiment == name
+
+
+def test_cli_overrides_last() -> None:
+    cfg = compose(["model=linear", "trainer.max_epochs=5", "seed=3", "data.input_len=36"])
+    assert (cfg.trainer.max_epochs, cfg.seed, cfg.data.input_len, cfg.model.name) == (5, 3, 36, "linear")
+
+
+def test_unknown_key_names_closest() -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.max_epoch.*closest valid keys: trainer\.max_epochs"):
+        compose(["trainer.max_epoch=3"])
+
+
+def test_unknown_model_key() -> None:
+    with pytest.raises(ConfigError, match="model.per_nod"):
+        compose(["model=linear", "model.per_nod=false"])
+
+
+def test_wrong_type_names_key() -> None:
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        compose(["trainer.max_epochs=abc"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "pattern"),
+    [
+        ("data=pems8", "Unknown data config 'pems8'.*pems08"),
+        ("model=stm4", "Unknown model config 'stm4'"),
+        ("experiment=nope", "Unknown experiment 'nope'"),
+        ("metrics.protocol=maskd", "metrics.protocol"),
+        ("data.split.ratios=[0.5,0.2,0.2]", "sum"),
+        ("justaword", "key=value"),
+    ],
+)
+def test_bad_choices_fail_clearly(arg: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        compose([arg])
+
+
+def test_compose_saved_roundtrip(tmp_path) -> None:
+    cfg = compose(["model=linear", "seed=5"])
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    again = compose_saved(tmp_path / "config.yaml", ["seed=6"])
+    assert again.model.name == "linear" and again.seed == 6

@@ -58,7 +58,7 @@ def test_wrong_type_names_key() -> None:
     ("arg", "pattern"),
     [
         ("data=pems8", "Unknown data config 'pems8'.*pems08"),
-        ("model=stm4", "Unknown model config 'stm4'"),
+        ("model=stm4", "Unknown model 'stm4'.*stm3"),
         ("experiment=nope", "Unknown experiment 'nope'"),
         ("metrics.protocol=maskd", "metrics.protocol"),
         ("data.split.ratios=[0.5,0.2,0.2]", "sum"),

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from stm3_lightning.config.schema import RunConfig
-from stm3_lightning.models.registry import available_models, model_schema
+from stm3_lightning.models.registry import available_models, model_schema, validate_model_config
 
 GROUPS: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")
 
@@ -216,6 +216,12 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError("data.split.mode=borders needs data.split.borders=[train_end,val_end,test_end].")
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
+    try:
+        model = validate_model_config(cfg.model)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from exc
+    if model is not cfg.model:
+        cfg.model = OmegaConf.structured(model)
 
 
 def compose_saved(path: str | Path, args: list[str] | None = None) -> DictConfig:

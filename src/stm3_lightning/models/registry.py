@@ -67,6 +67,19 @@ def model_schema(name: str) -> type:
     return _lookup(name)[0]
 
 
+def validate_model_config(cfg: object) -> object:
+    """Validate (and canonicalise) a model config with its schema's ``validate`` function, when it has one.
+
+    Returns the validated dataclass instance; raises ``ValueError`` naming the key.
+    """
+    schema = model_schema(cfg.name)
+    import importlib
+
+    module = importlib.import_module(schema.__module__)
+    check = getattr(module, "coerce_config", None)
+    return check(cfg, schema) if check else cfg
+
+
 def build_model(cfg: object, info: DataInfo) -> nn.Module:
     """Instantiate the model named by ``cfg.name`` for data described by ``info``."""
     return _lookup(cfg.name)[1](cfg, info)

@@ -69,7 +69,7 @@ def test_default_run_dir_layout(tmp_path: Path) -> None:
 def test_summary_prints_params(capsys: pytest.CaptureFixture) -> None:
     assert main(["summary", "model=linear", "data.synthetic.num_nodes=5", "data.input_len=6", "data.horizon=3"]) == 0
     out = capsys.readouterr().out
-    assert "params: 95" in out  # 5 nodes x (6x3 weights + 3 biases)
+    assert "params: 105" in out  # 5 nodes x (6x3 weights + 3 biases)
 
 
 @pytest.mark.slow

@@ -5,17 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from omegaconf import DictConfig, OmegaConf
 
+from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
+from stm3_lightning.callbacks.rng_state import RngState
+from stm3_lightning.checkpoints import CheckpointMetadata, run_metadata
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
+from stm3_lightning.data.resumable import ResumableDataModule
 from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.models.registry import build_model
 
 
 def build_datamodule(cfg: DictConfig) -> SpatioTemporalDataModule:
-    dm = SpatioTemporalDataModule(cfg.data, cfg.paths.data_dir)
+    """The data module, set up; its training order is a function of ``cfg.seed`` and the epoch (resumable)."""
+    dm = ResumableDataModule(cfg.data, cfg.paths.data_dir, cfg.seed)
     dm.setup()
     return dm
 
@@ -34,33 +45,44 @@ def build_forecaster(cfg: DictConfig, dm: SpatioTemporalDataModule) -> Forecaste
     )
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
-    cb = cfg.callbacks
+def build_checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """``best-<epoch>.ckpt`` selected on validation (first, so ``trainer.checkpoint_callback`` is it) and
+    ``last.ckpt``, rewritten at every epoch end, every ``callbacks.checkpoint.every_n_train_steps`` steps and on
+    SIGTERM. Lightning writes checkpoints atomically (temporary file, then rename): a kill never leaves a
+    partial one."""
+    ck = cfg.callbacks.checkpoint
+    folder = run_dir / "checkpoints"
     out: list[Callback] = [
         ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
+            dirpath=str(folder),
             filename="best-{epoch:03d}",
-            monitor=cb.checkpoint.monitor,
-            mode=cb.checkpoint.mode,
-            save_top_k=cb.checkpoint.save_top_k,
-            save_last=cb.checkpoint.save_last,
+            monitor=ck.monitor,
+            mode=ck.mode,
+            save_top_k=ck.save_top_k,
+            save_last=False,
             auto_insert_metric_name=False,
+            enable_version_counter=False,
         )
     ]
-    if cb.checkpoint.every_n_train_steps > 0:
-        out.append(
-            ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"),
-                every_n_train_steps=cb.checkpoint.every_n_train_steps,
-                save_top_k=0,
-                save_last=True,
-            )
-        )
+    if ck.save_last or ck.every_n_train_steps > 0:
+        out.append(LastCheckpoint(folder / "last.ckpt", ck.every_n_train_steps))
+    return out
+
+
+def build_resilience_callbacks(cfg: DictConfig, dm: SpatioTemporalDataModule) -> list[Callback]:
+    """Checkpoint metadata, RNG state for exact resumes and the non-finite guard."""
+    out: list[Callback] = [CheckpointMetadata(run_metadata(cfg, dm.info)), RngState()]
+    if cfg.callbacks.nan_guard:
+        out.append(NanGuard())
+    return out
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule) -> list[Callback]:
+    cb = cfg.callbacks
+    out = build_checkpoint_callbacks(cfg, run_dir) + build_resilience_callbacks(cfg, dm)
     if cb.early_stopping.enabled:
         es = cb.early_stopping
         out.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode))
-    if cb.nan_guard:
-        out.append(NanGuard())
     if cb.progress_bar == "rich":
         out.append(RichProgressBar())
     elif cb.progress_bar == "tqdm":

@@ -2,8 +2,9 @@
 
 Arguments after the sub-command are config choices and overrides, e.g.
 ``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``.
-Every expected failure (bad config, missing/corrupt data, non-finite training) ends with one sentence on stderr and
-exit code 2, without a traceback and without touching existing files.
+Every expected failure (bad config, missing/corrupt data, unusable checkpoint, non-finite training) ends with one
+sentence on stderr and exit code 2, without a traceback and without touching existing files. A run stopped by
+SIGTERM (cluster preemption) saves its state and exits with 143; ``stm3 train resume=<run dir>`` continues it.
 """
 
 from __future__ import annotations
@@ -13,22 +14,33 @@ import logging
 import os
 import sys
 
-from omegaconf import OmegaConf
-
 from stm3_lightning.config.compose import ConfigError, compose
+from stm3_lightning.config.safety import harden_resolvers
+
+harden_resolvers()
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from stm3_lightning.callbacks.nan_guard import NonFiniteError
+    from stm3_lightning.checkpoints import CheckpointError
     from stm3_lightning.data.errors import DataError
 
-    return (ConfigError, DataError, NonFiniteError)
+    return (ConfigError, DataError, NonFiniteError, CheckpointError)
+
+
+def _preempted_message(exc: BaseException) -> str:
+    run = getattr(exc, "run_dir", "<run dir>")
+    return (
+        f"error: Training was stopped by SIGTERM and its state at the last finished step was saved in "
+        f"{run}/checkpoints/last.ckpt; continue it with `stm3 train resume={run}`."
+    )
 
 
 def cmd_train(args: list[str]) -> int:
+    from stm3_lightning.resume import train_config
     from stm3_lightning.train import train
 
-    results = train(compose(args))
+    results = train(train_config(args))
     overall = results.get("overall", {})
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in overall.items()))
     return 0
@@ -39,12 +51,14 @@ def cmd_eval(args: list[str]) -> int:
 
     ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), "")
     if not ckpt:
-        raise ConfigError("stm3 eval needs ckpt=<path to a .ckpt file>, e.g. make eval CKPT=outputs/.../last.ckpt.")
+        raise ConfigError(
+            "stm3 eval needs ckpt=<path to a .ckpt file>, e.g. make eval CKPT=outputs/.../last.ckpt."
+        )
     rest = [a for a in args if not a.startswith("ckpt=")]
     from stm3_lightning.evaluation import config_for_checkpoint
 
-    cfg = config_for_checkpoint(ckpt, rest)
-    results = evaluate(cfg, ckpt)
+    cfg, run_dir = config_for_checkpoint(ckpt, rest)
+    results = evaluate(cfg, ckpt, run_dir)
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in results.get("overall", {}).items()))
     return 0
 
@@ -64,20 +78,74 @@ def cmd_datasets(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "summary": cmd_summary, "datasets": cmd_datasets}
+def cmd_baselines(args: list[str]) -> int:
+    from stm3_lightning.baselines_table import baselines_table
+
+    print(baselines_table(args))
+    return 0
+
+
+def cmd_report(args: list[str]) -> int:
+    """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report]``: ablation table and plots."""
+    from pathlib import Path
+
+    from stm3_lightning.report import collect, write_report
+
+    values = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = sorted(set(values) - {"runs", "out"} | {a for a in args if "=" not in a})
+    if unknown:
+        raise ConfigError(
+            f"stm3 report takes runs=<dir|wandb:entity/project> and out=<dir>, not {', '.join(unknown)}."
+        )
+    source = values.get("runs") or "outputs"
+    path = write_report(collect(source), source, Path(values.get("out") or "report"))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_ablations(args: list[str]) -> int:
+    """``stm3 ablations [data=..] [ablation=a,b] [seed=k|seeds=1,2,3] [dry_run=true] [overrides]``: the grid."""
+    from stm3_lightning.ablations import parse_request, plan_grid, run_grid
+
+    request = parse_request(args)
+    outcome = run_grid(plan_grid(request), dry_run=request.dry_run)
+    root = f"{request.root_dir}/ablations/{request.data}"
+    print(
+        f"ablations: {len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
+        f"compare with `make report RUNS={root}`"
+    )
+    return 1 if outcome.failed else 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "summary": cmd_summary,
+    "datasets": cmd_datasets,
+    "baselines": cmd_baselines,
+    "report": cmd_report,
+    "ablations": cmd_ablations,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stm3", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stm3", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("overrides", nargs="*", help="group=name choices and key=value overrides")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         return COMMANDS[ns.command](ns.overrides)
     except _expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SIGTERMException as exc:
+        print(_preempted_message(exc), file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

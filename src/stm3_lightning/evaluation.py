@@ -1,4 +1,4 @@
-"""Locate the configuration a checkpoint was trained with."""
+"""Locate the configuration a checkpoint was trained with (``stm3 eval ckpt=...``)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,40 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from stm3_lightning.config.compose import ConfigError, compose_saved
+from stm3_lightning.checkpoints import CheckpointError
+from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_saved
+from stm3_lightning.rundir import is_run_dir
 
 
-def run_dir_of(ckpt: str | Path) -> Path:
-    """``<run>/checkpoints/x.ckpt`` -> ``<run>``."""
+def run_dir_of(ckpt: str | Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` or ``<run>/x.ckpt``), or ``None``."""
     path = Path(ckpt)
     if not path.is_file():
-        raise ConfigError(f"Checkpoint {path} does not exist; pass the path of a .ckpt file written by a run.")
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist; pass the path of a .ckpt file written by a run."
+        )
+    for candidate in (
+        (path.parent.parent, path.parent) if path.parent.name == "checkpoints" else (path.parent,)
+    ):
+        if is_run_dir(candidate):
+            return candidate
+    return None
 
 
-def config_for_checkpoint(ckpt: str | Path, overrides: list[str]) -> DictConfig:
-    """The saved config of the checkpoint's run, with ``overrides`` applied; results go to the same run dir."""
+def config_for_checkpoint(ckpt: str | Path, overrides: list[str]) -> tuple[DictConfig, Path | None]:
+    """The config to evaluate ``ckpt`` with, and its run folder.
+
+    A checkpoint inside a run folder uses that run's saved config with the dotlist ``overrides`` applied (group
+    choices cannot change: the model must stay the trained one); a checkpoint outside any run (e.g. converted
+    release weights) uses the config composed from ``overrides``, as ``stm3 train`` would.
+    """
     run_dir = run_dir_of(ckpt)
-    cfg = compose_saved(run_dir / "config.yaml", [*overrides, f"paths.output_dir={run_dir}"])
-    return cfg
+    if run_dir is None:
+        return compose(overrides), None
+    groups = [a for a in overrides if a.split("=", 1)[0] in (*GROUPS, "experiment", "exp")]
+    if groups:
+        raise ConfigError(
+            f"{ckpt} belongs to the run {run_dir}, whose saved config is used, so {' '.join(groups)} cannot change; "
+            "pass only key=value overrides such as data.eval_batch_size=16."
+        )
+    return compose_saved(run_dir / "config.yaml", overrides), run_dir

@@ -1,4 +1,9 @@
-"""Thin training entry point: compose config -> build objects -> fit -> test the best-validation checkpoint."""
+"""Thin training entry point: compose config -> build objects -> fit -> test the best-validation checkpoint.
+
+Order matters for reliability: the run folder is planned and checked (writable, not another run's) first, the
+data and model are built next (bad input fails here, before any file is written), a checkpoint to start from is
+checked against the model, and only then is the folder created and the config recorded.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,30 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
 from stm3_lightning.builders import build_callbacks, build_datamodule, build_forecaster, build_trainer
+from stm3_lightning.checkpoints import check_compatible, run_metadata
+from stm3_lightning.config.compose import ConfigError
+from stm3_lightning.config.safety import harden_resolvers
+from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.loggers import build_loggers
 from stm3_lightning.results import plot_horizon_mae, write_predictions, write_test_metrics
-from stm3_lightning.rundir import make_run_dir
+from stm3_lightning.resume import resolve_ckpt_path
+from stm3_lightning.rundir import (
+    MIN_FREE_BYTES,
+    check_writable,
+    claim_run_dir,
+    claim_subdir,
+    is_worker_process,
+    plan_run_dir,
+    release_run_dir,
+    save_config,
+)
 
 log = logging.getLogger(__name__)
-
-
-def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    """``ckpt_path``: empty -> None, ``last`` -> ``<run_dir>/checkpoints/last.ckpt`` when it exists."""
-    if not cfg.ckpt_path:
-        return None
-    if cfg.ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    return cfg.ckpt_path
+harden_resolvers()
 
 
 def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Path, ckpt: str | None) -> dict:
@@ -51,25 +62,66 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
     return results
 
 
+def required_bytes(cfg: DictConfig, module: Forecaster, num_test_windows: int, num_nodes: int) -> int:
+    """Disk space a run needs: its checkpoints (weights + two AdamW moments, best ones + last + a temporary
+    copy while writing) and the saved predictions, with a margin."""
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    ckpt = 3 * weights + 2**20
+    total = ckpt * (max(cfg.callbacks.checkpoint.save_top_k, 0) + 2)
+    if cfg.metrics.save_predictions:
+        total += 2 * 4 * num_test_windows * cfg.data.horizon * num_nodes
+    return max(MIN_FREE_BYTES, total + 10 * 2**20)
+
+
+# Launchers that fit and test in worker processes only: the test results never reach the process that writes them.
+WORKER_ONLY_STRATEGIES: tuple[str, ...] = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse ``trainer.strategy`` values whose results stay in worker processes (use ``ddp``)."""
+    strategy = str(cfg.trainer.strategy)
+    if strategy.startswith(WORKER_ONLY_STRATEGIES):
+        raise ConfigError(
+            f"trainer.strategy={strategy} runs training and testing in worker processes whose results stm3 cannot "
+            "write; use trainer.strategy=ddp (as trainer=ddp and trainer=ddp_cpu do)."
+        )
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one experiment end to end and return the test results (also written to ``test_metrics.json``)."""
-    run_dir = make_run_dir(cfg, resuming=bool(cfg.resume))
+    check_strategy(cfg)
+    resuming = bool(cfg.resume)
+    worker = is_worker_process()
+    planned = plan_run_dir(cfg, resuming)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_forecaster(cfg, dm)
-    if not (run_dir / "config.yaml").is_file():
-        OmegaConf.save(cfg, run_dir / "config.yaml")
-    trainer = build_trainer(cfg, run_dir, build_loggers(cfg, run_dir), build_callbacks(cfg, run_dir))
+    trainable = any(p.requires_grad for p in module.parameters())
+    ckpt = resolve_ckpt_path(cfg, planned) if trainable else None
+    resume_step = None
+    if ckpt:
+        resume_step = int(check_compatible(ckpt, module, run_metadata(cfg, dm.info)).get("global_step", 0))
+    check_writable(planned, required_bytes(cfg, module, dm.window_counts.get("test", 0), dm.info.num_nodes))
+    run_dir = claim_run_dir(cfg, planned)
     try:
-        if any(p.requires_grad for p in module.parameters()):
-            trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg, run_dir), weights_only=True)
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        else:
-            log.info("%s has no trainable parameters: skipping fit, testing directly.", cfg.model.name)
-            best = ""
-        return test_and_report(cfg, trainer, module, dm, run_dir, best or None)
+        save_config(cfg, run_dir, resuming, worker)
+        loggers = build_loggers(cfg, run_dir, resume_step if resuming else None)
+        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm))
+        try:
+            if trainable:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            else:
+                log.info("%s has no trainable parameters: skipping fit, testing directly.", cfg.model.name)
+                best = ""
+            return test_and_report(cfg, trainer, module, dm, run_dir, best or None)
+        except SIGTERMException as exc:
+            exc.run_dir = run_dir  # type: ignore[attr-defined]  (the CLI names it in its message)
+            raise
+        finally:
+            finish(trainer)
     finally:
-        finish(trainer)
+        release_run_dir(run_dir)
 
 
 def finish(trainer: L.Trainer) -> None:
@@ -83,13 +135,29 @@ def finish(trainer: L.Trainer) -> None:
         torch.distributed.destroy_process_group()
 
 
-def evaluate(cfg: DictConfig, ckpt: str) -> dict:
-    """Test a checkpoint with the config it was trained with (``make eval CKPT=...``)."""
-    run_dir = make_run_dir(cfg, resuming=True)
+def evaluate(cfg: DictConfig, ckpt: str, run_dir: Path | None = None) -> dict:
+    """Test a checkpoint (``make eval CKPT=...``) after checking that it fits the configured model.
+
+    Results go to ``<run_dir>/eval/<checkpoint name>/`` when the checkpoint belongs to a run (the training run's
+    own ``test_metrics.json`` is never rewritten), else to a new run folder as for training.
+    """
+    check_strategy(cfg)
+    planned = plan_run_dir(cfg) if run_dir is None else run_dir / "eval" / Path(ckpt).stem
+    check_writable(planned)
     dm = build_datamodule(cfg)
     module = build_forecaster(cfg, dm)
-    trainer = build_trainer(cfg, run_dir, [], [])
+    check_compatible(ckpt, module, run_metadata(cfg, dm.info))
+    if run_dir is None:
+        worker = is_worker_process()
+        out = claim_run_dir(cfg, planned)
+        save_config(cfg, out, resuming=False, is_worker=worker)
+    else:
+        out = claim_subdir(planned.parent, planned.name)
     try:
-        return test_and_report(cfg, trainer, module, dm, run_dir, ckpt)
+        trainer = build_trainer(cfg, out, [], [])
+        try:
+            return test_and_report(cfg, trainer, module, dm, out, ckpt)
+        finally:
+            finish(trainer)
     finally:
-        finish(trainer)
+        release_run_dir(out)

@@ -75,3 +75,22 @@ def test_compose_saved_roundtrip(tmp_path) -> None:
     OmegaConf.save(cfg, tmp_path / "config.yaml")
     again = compose_saved(tmp_path / "config.yaml", ["seed=6"])
     assert again.model.name == "linear" and again.seed == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["tags=[a"], "Cannot parse the override 'tags=\\[a'"),
+        (["paths.root_dir=${eval:1+1}"], "Unsupported interpolation type eval.*only"),
+        (["data.nan_policy=mask"], "metrics.protocol=masked"),
+    ],
+)
+def test_bad_overrides_one_sentence(args: list[str], pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        compose(args)
+
+
+def test_merge_error_sentence_ends_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        compose(["trainer.max_epoch=3"])
+    assert str(info.value).endswith("(in command line).") and ".. " not in str(info.value)

@@ -9,6 +9,7 @@ the experiment file, then the CLI dotlist overrides. Group choices come from ``c
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from stm3_lightning.config.safety import harden_resolvers
 from stm3_lightning.config.schema import RunConfig
 from stm3_lightning.models.registry import available_models, model_schema, validate_model_config
 
 GROUPS: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")
+harden_resolvers()
 
 
 class ConfigError(ValueError):
@@ -148,8 +151,34 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        err = _explain(exc, RunConfig)
-        raise ConfigError(f"{err} (in {source})") from exc
+        err = str(_explain(exc, RunConfig)).rstrip(".")
+        raise ConfigError(f"{err} (in {source}).") from exc
+
+
+def _parse_dotlist(dotlist: list[str]) -> DictConfig:
+    """``["a.b=1", ...]`` -> config; malformed values (e.g. an unclosed list) fail with the offending argument."""
+    for arg in dotlist:
+        try:
+            OmegaConf.from_dotlist([arg])
+        except Exception as exc:  # the YAML parser raises its own error types
+            raise ConfigError(
+                f"Cannot parse the override '{arg}' ({str(exc).splitlines()[0]}); quote or fix its value."
+            ) from exc
+    return OmegaConf.from_dotlist(dotlist)
+
+
+def _resolve(cfg: DictConfig) -> None:
+    """Resolve interpolations in place; unknown resolvers and missing values fail in one sentence."""
+    try:
+        OmegaConf.resolve(cfg)
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        first = str(exc).splitlines()[0]
+        if "Unsupported interpolation type" in first:
+            raise ConfigError(
+                f"{first}; only ${{oc.env:VAR,default}} and plain ${{key}} interpolations are allowed in configs."
+            ) from exc
+        raise ConfigError(f"Incomplete config: {first}; set it in a config file or on the CLI.") from exc
 
 
 def compose(args: list[str] | None = None) -> DictConfig:
@@ -175,17 +204,9 @@ def compose(args: list[str] | None = None) -> DictConfig:
         cfg = _merge(cfg, OmegaConf.create({group: body}), str(path.relative_to(project_root())))
     if experiment:
         cfg = _merge(cfg, exp_cfg, f"experiment {experiment}")
-    try:
-        cli = OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"Cannot parse command-line overrides {dotlist}: {exc}".replace("\n", " ")) from exc
-    cfg = _merge(cfg, cli, "command line")
+    cfg = _merge(cfg, _parse_dotlist(dotlist), "command line")
     cfg.choices = {**group_choice, "experiment": experiment or ""}
-    try:
-        OmegaConf.resolve(cfg)
-        OmegaConf.to_container(cfg, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"Incomplete config: {str(exc).splitlines()[0]}; set it in a config file or on the CLI.")
+    _resolve(cfg)
     validate_values(cfg)
     return cfg
 
@@ -216,6 +237,11 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError("data.split.mode=borders needs data.split.borders=[train_end,val_end,test_end].")
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
+    if data.nan_policy == "mask" and cfg.metrics.protocol == "official" and math.isnan(data.null_val):
+        raise ConfigError(
+            "data.nan_policy=mask marks missing values as NaN (data.null_val=nan), which the unmasked official "
+            "protocol cannot score; set metrics.protocol=masked or a numeric data.null_val."
+        )
     try:
         model = validate_model_config(cfg.model)
     except (ValueError, TypeError) as exc:
@@ -235,6 +261,7 @@ def compose_saved(path: str | Path, args: list[str] | None = None) -> DictConfig
         raise ConfigError(f"{path} has no model.name; it is not a config written by `stm3 train`.")
     cfg = _merge(_schema_with_model(str(model_name)), saved, str(path))
     _, _, dotlist = _split_args(list(args or []))
-    cfg = _merge(cfg, OmegaConf.from_dotlist(dotlist), "command line")
+    cfg = _merge(cfg, _parse_dotlist(dotlist), "command line")
+    _resolve(cfg)
     validate_values(cfg)
     return cfg

@@ -19,7 +19,7 @@ SWEEP_ID ?=
 
 TRAIN_ARGS := $(if $(DATA),data=$(DATA)) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 
-.PHONY: help setup test test-fast test-gpu lint format train eval summary datasets bench report ablations sweep agent clean-logs
+.PHONY: baselines help setup test test-fast test-gpu lint format train eval summary datasets bench report ablations sweep agent clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -64,7 +64,7 @@ bench: ## Performance benchmarks (tables + JSON under benchmarks/results/)
 	$(BIN)/python -m benchmarks.scaling
 
 report: ## Ablation report from finished runs: make report [RUNS=outputs|wandb:entity/project]
-	$(BIN)/stm3 report runs=$(RUNS)
+	$(BIN)/stm3 report runs=$(RUNS) $(ARGS)
 
 ablations: ## Run the ablation grid locally: make ablations DATA=pems08 [ARGS=...]
 	$(BIN)/stm3 ablations $(if $(DATA),data=$(DATA)) $(ARGS)
@@ -73,7 +73,10 @@ sweep: ## Create a W&B sweep: make sweep SWEEP=experiments/sweeps/ablations_pems
 	$(BIN)/wandb sweep $(SWEEP)
 
 agent: ## Run a W&B sweep agent: make agent SWEEP_ID=entity/project/id
-	$(BIN)/wandb agent $(SWEEP_ID)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/wandb agent $(SWEEP_ID)
 
 clean-logs: ## Remove local run outputs and W&B offline files
 	rm -rf outputs wandb
+
+baselines: ## Baselines' PEMS08 test metrics at 12->12 and 96->96 under both protocols (README table)
+	$(BIN)/stm3 baselines $(if $(DATA),data=$(DATA)) callbacks.progress_bar=none trainer.max_epochs=30 callbacks.early_stopping.patience=5 $(ARGS)

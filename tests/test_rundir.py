@@ -128,3 +128,18 @@ def test_claim_subdir_never_reuses(tmp_path: Path) -> None:
     second = claim_subdir(tmp_path, "best")
     release_run_dir(second)
     assert (first.name, second.name) == ("best", "best-1")
+
+
+def test_cluster_rank_above_zero_reuses_rank0_folder(tmp_path, monkeypatch) -> None:
+    from stm3_lightning.config.compose import compose
+    from stm3_lightning.rundir import is_worker_process, plan_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")  # rank 0 got there first
+    cfg = compose(["model=linear", f"paths.output_dir={run}"])
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert is_worker_process()
+    assert plan_run_dir(cfg) == run
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not is_worker_process()

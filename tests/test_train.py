@@ -97,3 +97,8 @@ def test_make_train_pems08_smoke(real_data_dir: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     assert metrics["dataset"] == "pems08" and metrics["overall"]["mae"] > 0
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run files missing"
+
+
+def test_save_predictions_refused_under_ddp(capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", "model=linear", "trainer=ddp_cpu", "metrics.save_predictions=true", *TINY])
+    assert code == 2 and "single process" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``stm3`` command line: ``train``, ``eval``, ``summary``, ``datasets``.
+"""``stm3`` command line: ``train``, ``eval``, ``summary``, ``datasets``, ``baselines``, ``ablations``, ``report``.
 
 Arguments after the sub-command are config choices and overrides, e.g.
 ``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``.

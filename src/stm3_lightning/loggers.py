@@ -130,6 +130,9 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
         )
         wandb.finish()
         logger = _wandb_logger(cfg, run_dir, "offline", run_id)
+        return logger
+    # Sweeps optimise the run summary: make it the best validation loss, not the last one.
+    logger.experiment.define_metric("val/loss", summary="min")
     return logger
 
 

@@ -65,9 +65,12 @@ def check_writable(path: Path, required_bytes: int = MIN_FREE_BYTES) -> None:
 
 
 def is_worker_process() -> bool:
-    """True in a DDP worker launched by rank 0 (it inherits the exported folder; rank 0 clears it after a run)."""
+    """True in a DDP worker: launched by rank 0 (it inherits the exported folder; rank 0 clears it after a run), or
+    started by a cluster launcher as a rank > 0 (``srun`` sets ``SLURM_PROCID``, torchrun sets ``RANK``)."""
     inherited = os.environ.get(RUN_DIR_ENV)
-    return bool(inherited) and inherited not in _CLAIMED
+    if inherited and inherited not in _CLAIMED:
+        return True
+    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("SLURM_PROCID", "RANK"))
 
 
 def plan_run_dir(cfg: DictConfig, resuming: bool = False) -> Path:
@@ -80,6 +83,9 @@ def plan_run_dir(cfg: DictConfig, resuming: bool = False) -> Path:
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:
         return Path(inherited)
+    if cfg.paths.output_dir and is_worker_process():
+        # srun/torchrun rank > 0: rank 0 owns (creates, checks) the shared folder.
+        return Path(cfg.paths.output_dir)
     if cfg.paths.output_dir:
         path = Path(cfg.paths.output_dir)
         if resuming and not is_run_dir(path):

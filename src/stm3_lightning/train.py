@@ -85,6 +85,14 @@ def check_strategy(cfg: DictConfig) -> None:
             f"trainer.strategy={strategy} runs training and testing in worker processes whose results stm3 cannot "
             "write; use trainer.strategy=ddp (as trainer=ddp and trainer=ddp_cpu do)."
         )
+    devices = cfg.trainer.devices
+    multi = cfg.trainer.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
+    multi = multi or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    if cfg.metrics.save_predictions and multi:
+        raise ConfigError(
+            "metrics.save_predictions=true needs a single process (each DDP rank sees only its shard of the test "
+            "windows); test the checkpoint afterwards with `stm3 eval ckpt=... metrics.save_predictions=true`."
+        )
 
 
 def train(cfg: DictConfig) -> dict:

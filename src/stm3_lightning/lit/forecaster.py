@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import numpy as np
 import torch
@@ -9,6 +11,10 @@ from torch import nn
 
 from stm3_lightning.config.schema import MetricsConfig, OptimConfig
 from stm3_lightning.metrics.forecasting import ForecastMetrics, valid_mask
+
+# Epoch-level metrics come from torchmetrics states already summed over processes, so Lightning's advice to
+# pass sync_dist=True (which would average identical values again) does not apply.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
 
 
 class Forecaster(L.LightningModule):

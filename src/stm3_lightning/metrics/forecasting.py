@@ -74,13 +74,13 @@ class ForecastMetrics(Metric):
             denom = target + self.mape_eps
         err = torch.where(mask, pred - target, torch.zeros_like(pred))
         dims = [0, 2, 3]
-        self.abs_err += err.abs().sum(dims)
-        self.sq_err += err.square().sum(dims)
-        self.count += mask.sum(dims)
-        self.abs_true += torch.where(mask, target.abs(), torch.zeros_like(target)).sum(dims)
+        self.abs_err = self.abs_err + err.abs().sum(dims)
+        self.sq_err = self.sq_err + err.square().sum(dims)
+        self.count = self.count + mask.sum(dims)
+        self.abs_true = self.abs_true + torch.where(mask, target.abs(), torch.zeros_like(target)).sum(dims)
         ape = torch.where(mape_mask, (pred - target).abs() / torch.where(mape_mask, denom, 1.0), 0.0)
-        self.ape += ape.sum(dims)
-        self.ape_count += mape_mask.sum(dims)
+        self.ape = self.ape + ape.sum(dims)
+        self.ape_count = self.ape_count + mape_mask.sum(dims)
 
     @staticmethod
     def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

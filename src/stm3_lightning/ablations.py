@@ -1,0 +1,270 @@
+"""The ablation grid: each ``experiments/ablations/<name>.yaml`` applied alone on top of the paper config, x seeds.
+
+An ablation file is a small override (a model switch, e.g. ``model: {agccn: false}``, or a model group choice such
+as ``defaults: {model: stm2}``). The paper config of a dataset is ``experiments/reproduce/<data>.yaml`` (plain
+``data=<data> model=stm3`` when there is none, e.g. for ``synthetic``). A *cell* ``(ablation, seed)`` is one
+``stm3 train`` run in ``<root_dir>/ablations/<data>/<ablation>/seed<k>``; the unmodified paper config is the cell
+named :data:`BASELINE`. ``stm3 ablations`` runs the cells one after the other, each in its own process (the same
+command a W&B sweep agent runs for one cell), so DDP, W&B and the run folder start clean for every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from stm3_lightning.config.compose import ConfigError, project_root
+from stm3_lightning.models.registry import model_schema
+
+BASELINE = "full"
+DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+# Keys of ``stm3 ablations`` itself; every other ``key=value`` argument is passed on to each cell's ``stm3 train``.
+RUNNER_KEYS: tuple[str, ...] = ("data", "ablation", "seeds", "seed", "dry_run")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One ablation: its group choices (``{"model": "stm2"}``) and dotlist overrides (``["model.agccn=false"]``)."""
+
+    name: str
+    description: str
+    choices: dict[str, str]
+    overrides: list[str]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: ``args`` are the ``stm3 train`` arguments of a new run in ``run_dir``."""
+
+    ablation: str
+    seed: int
+    run_dir: Path
+    args: list[str]
+
+
+def ablations_dir() -> Path:
+    return project_root() / "experiments" / "ablations"
+
+
+def available_ablations() -> list[str]:
+    """Ablation names (file stems of ``experiments/ablations/*.yaml``), sorted."""
+    return sorted(p.stem for p in ablations_dir().glob("*.yaml"))
+
+
+def grid_names() -> list[str]:
+    """The grid's cells in order: the baseline first, then every ablation."""
+    return [BASELINE, *available_ablations()]
+
+
+def render_value(value: object) -> str:
+    """A config value as the right-hand side of a ``key=value`` override that parses back to the same value."""
+    if isinstance(value, str):
+        parsed = OmegaConf.from_dotlist([f"v={value}"]).v
+        return value if parsed == value and isinstance(parsed, str) else json.dumps(value)
+    return json.dumps(value)
+
+
+def flatten(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Leaf ``key.path=value`` overrides of a mapping (lists stay whole: ``model.scales=[1]``)."""
+    out: list[str] = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            out += flatten(value, name + ".")
+        else:
+            plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            out.append(f"{name}={render_value(plain)}")
+    return out
+
+
+def _description(path: Path) -> str:
+    first = path.read_text().lstrip().splitlines()[:1]
+    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else path.stem
+
+
+def load_ablation(name: str) -> Ablation:
+    """Read ``experiments/ablations/<name>.yaml`` (``full`` is the empty override)."""
+    if name == BASELINE:
+        return Ablation(BASELINE, "the paper config, unmodified", {}, [])
+    path = ablations_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"Unknown ablation '{name}'; choose from {', '.join(grid_names())}.")
+    body = OmegaConf.load(path)
+    choices = {str(k): str(v) for k, v in (body.pop("defaults", None) or {}).items()}
+    return Ablation(name, _description(path), choices, flatten(body))
+
+
+def base_experiment(data: str) -> str | None:
+    """The paper config of ``data``: ``reproduce/<data>`` when ``experiments/reproduce/<data>.yaml`` exists."""
+    name = f"reproduce/{data}"
+    return name if (project_root() / "experiments" / f"{name}.yaml").is_file() else None
+
+
+def _model_keys(model: str) -> set[str]:
+    try:
+        return {f.name for f in fields(model_schema(model))}
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (model group choice of an ablation file)") from exc
+
+
+def base_args(data: str, model: str | None) -> list[str]:
+    """``stm3 train`` arguments selecting the paper config of ``data``, for the model group ``model``.
+
+    Same model (or none chosen): ``experiment=reproduce/<data>``. Another model (``stm2``): the paper config's
+    keys as overrides, without the model keys that the other model's schema lacks (e.g. ``contrast_loss_weight``).
+    """
+    base = base_experiment(data)
+    if base is None:
+        return [f"data={data}"]
+    cfg = OmegaConf.load(project_root() / "experiments" / f"{base}.yaml")
+    defaults = {str(k): str(v) for k, v in (cfg.pop("defaults", None) or {}).items()}
+    if model is None or model == defaults.get("model"):
+        return [f"experiment={base}", f"data={data}"]
+    keep = _model_keys(model)
+    if "model" in cfg:
+        cfg.model = {k: v for k, v in cfg.model.items() if k in keep}
+    choices = [f"{g}={v}" for g, v in defaults.items() if g not in ("model", "data")]
+    return [*choices, f"data={data}", *flatten(cfg)]
+
+
+def cell_dir(root_dir: str | Path, data: str, ablation: str, seed: int) -> Path:
+    return Path(root_dir) / "ablations" / data / ablation / f"seed{seed}"
+
+
+def make_cell(data: str, ablation: str, seed: int, root_dir: str | Path, extra: Sequence[str] = ()) -> Cell:
+    """The ``stm3 train`` arguments of one cell; ``extra`` overrides (e.g. tiny limits) come last."""
+    spec = load_ablation(ablation)
+    run_dir = cell_dir(root_dir, data, ablation, seed)
+    args = [
+        *base_args(data, spec.choices.get("model")),
+        *(f"{g}={v}" for g, v in spec.choices.items()),
+        *spec.overrides,
+        f"seed={seed}",
+        f"paths.output_dir={run_dir}",
+        f"logger.wandb.group={ablation}",
+        f"logger.wandb.name={data}-{ablation}-seed{seed}",
+        *extra,
+    ]
+    return Cell(ablation, seed, run_dir, args)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2,3"`` or ``"[1, 2, 3]"`` -> ``[1, 2, 3]``."""
+    try:
+        seeds = [int(s) for s in text.strip("[]").replace(" ", "").split(",") if s]
+    except ValueError as exc:
+        raise ConfigError(f"seeds={text} is not a list of integers; write e.g. seeds=1,2,3.") from exc
+    if not seeds:
+        raise ConfigError("seeds= is empty; write e.g. seeds=1,2,3.")
+    return seeds
+
+
+@dataclass(frozen=True)
+class GridRequest:
+    """What ``stm3 ablations`` was asked for: the data, the cells' names and seeds, the pass-through overrides."""
+
+    data: str
+    names: list[str]
+    seeds: list[int]
+    extra: list[str]
+    dry_run: bool = False
+
+    @property
+    def root_dir(self) -> str:
+        given = [a.split("=", 1)[1] for a in self.extra if a.startswith("paths.root_dir=")]
+        return given[-1] if given else "outputs"
+
+
+def parse_request(args: Sequence[str]) -> GridRequest:
+    """Split ``stm3 ablations`` arguments into the runner's keys (:data:`RUNNER_KEYS`) and pass-through overrides.
+
+    ``ablation=a,b`` picks cells (default: the whole grid), ``seed=k`` one seed, ``seeds=1,2,3`` several.
+    """
+    own: dict[str, str] = {}
+    extra: list[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"Argument '{arg}' is not of the form key=value; write e.g. ablation=no_agccn.")
+        if key in RUNNER_KEYS:
+            own[key] = value
+        elif key in ("experiment", "exp", "paths.output_dir"):
+            raise ConfigError(
+                f"stm3 ablations sets {key} itself (paper config and one folder per cell); drop {key}= "
+                "or run a single configuration with `stm3 train`."
+            )
+        else:
+            extra.append(arg)
+    names = [n for n in own.get("ablation", "").split(",") if n] or grid_names()
+    unknown = [n for n in names if n not in grid_names()]
+    if unknown:
+        raise ConfigError(f"Unknown ablation(s) {', '.join(unknown)}; choose from {', '.join(grid_names())}.")
+    seeds = parse_seeds(own["seed"]) if "seed" in own else list(DEFAULT_SEEDS)
+    if "seeds" in own:
+        seeds = parse_seeds(own["seeds"])
+    dry_run = own.get("dry_run", "false").lower() in ("1", "true", "yes")
+    return GridRequest(own.get("data", "synthetic"), names, seeds, extra, dry_run)
+
+
+def plan_grid(request: GridRequest) -> list[Cell]:
+    """Every requested cell, ablation-major (all seeds of one ablation, then the next)."""
+    return [
+        make_cell(request.data, name, seed, request.root_dir, request.extra)
+        for name in request.names
+        for seed in request.seeds
+    ]
+
+
+def cell_state(cell: Cell) -> str:
+    """``done`` (test_metrics.json written), ``interrupted`` (config.yaml but no results) or ``new``."""
+    if (cell.run_dir / "test_metrics.json").is_file():
+        return "done"
+    if (cell.run_dir / "config.yaml").is_file():
+        return "interrupted"
+    return "new"
+
+
+def train_command(cell: Cell) -> list[str] | None:
+    """The process to run for ``cell``: a new run, a resume of an interrupted one, or ``None`` when done."""
+    state = cell_state(cell)
+    if state == "done":
+        return None
+    args = [f"resume={cell.run_dir}"] if state == "interrupted" else cell.args
+    return [sys.executable, "-m", "stm3_lightning.cli", "train", *args]
+
+
+@dataclass
+class GridOutcome:
+    ran: list[Cell]
+    skipped: list[Cell]
+    failed: list[Cell]
+
+
+Runner = Callable[[list[str]], int]
+
+
+def run_grid(cells: Sequence[Cell], runner: Runner = subprocess.call, dry_run: bool = False) -> GridOutcome:
+    """Run the cells sequentially (a failed cell is reported and the grid goes on); finished cells are skipped."""
+    outcome = GridOutcome([], [], [])
+    for i, cell in enumerate(cells, 1):
+        command = train_command(cell)
+        label = f"[{i}/{len(cells)}] {cell.ablation} seed {cell.seed}"
+        if command is None:
+            print(f"{label}: done already ({cell.run_dir}), skipped", flush=True)
+            outcome.skipped.append(cell)
+            continue
+        print(f"{label}: stm3 train {shlex.join(command[4:])}", flush=True)
+        if dry_run:
+            continue
+        code = runner(command)
+        (outcome.ran if code == 0 else outcome.failed).append(cell)
+        if code != 0:
+            print(f"{label}: FAILED with exit code {code}; continuing with the next cell", flush=True)
+    return outcome

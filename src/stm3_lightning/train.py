@@ -102,6 +102,8 @@ def train(cfg: DictConfig) -> dict:
     worker = is_worker_process()
     planned = plan_run_dir(cfg, resuming)
     L.seed_everything(cfg.seed, workers=True)
+    # Denormal floats make CPU arithmetic up to 10x slower in the decaying scan; flush them to zero.
+    torch.set_flush_denormal(True)
     dm = build_datamodule(cfg)
     module = build_forecaster(cfg, dm)
     trainable = any(p.requires_grad for p in module.parameters())

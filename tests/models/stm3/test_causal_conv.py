@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from stm3_lightning.models.stm3 import causal_conv
 from stm3_lightning.models.stm3.causal_conv import causal_conv1d, causal_conv1d_ref, cpu_conv_kernel_available
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These tensors are tiny: on a busy machine two intra-op threads wait on each other ~10x longer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def oracle(
@@ -24,7 +35,7 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:.1g} * {scale:.3g}"
 
 
-CASES = [(2, 5, 7), (3, 32, 96), (2, 40, 33), (2, 16, 1), (1, 17, 336)]
+CASES = [(2, 5, 7), (2, 32, 40), (2, 40, 33), (2, 16, 1), (1, 17, 336)]
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

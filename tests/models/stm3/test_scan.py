@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,6 +20,18 @@ from stm3_lightning.models.stm3.scan import (
 )
 
 IMPLS = ["kernel", "eager"]
+
+
+@pytest.fixture(autouse=True)
+def fast_cpu() -> Iterator[None]:
+    """One intra-op thread (these tensors are tiny: on a busy machine two threads wait on each other ~10x longer)
+    and no denormals (long decays drive the PyTorch paths' gradients into them, ~100x slower on x86)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
 
 
 def make_inputs(
@@ -82,7 +95,7 @@ def check_against_ref(
 OPTIONAL = {"z+D": (True, True), "plain": (False, False), "z": (True, False)}
 CASES = [
     (shape, opt)
-    for shape in [(2, 8, 4, 1), (3, 5, 4, 7), (4, 32, 16, 96), (2, 40, 16, 33)]
+    for shape in [(2, 8, 4, 1), (3, 5, 4, 7), (2, 32, 16, 96), (2, 40, 16, 33)]
     for opt in OPTIONAL
 ]
 CASES += [((2, 16, 7, 96), "z+D"), ((1, 16, 16, 336), "z+D"), ((1, 16, 16, 336), "plain")]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from stm3_lightning.models.stm3.scan import (
     batch_ranges,
@@ -74,6 +75,7 @@ INLINE vf conv_at(const ConvArgs &a, const float *X, int64_t t, int64_t d0) {
 
 extern "C" {
 void stm3_conv_fwd(const ConvArgs *pa, int64_t b0, int64_t b1) {
+    FlushDenormals guard;
     const ConvArgs &a = *pa;
     const int64_t Dp = a.Dp, L = a.L, K = a.K;
     float *X = (float *)calloc((L + K) * Dp, sizeof(float));
@@ -91,6 +93,7 @@ void stm3_conv_fwd(const ConvArgs *pa, int64_t b0, int64_t b1) {
 
 // dw: [K, Dp] and dbias: [Dp], accumulated into (one set per concurrent call).
 void stm3_conv_bwd(const ConvArgs *pa, int64_t b0, int64_t b1, float *dw, float *dbias) {
+    FlushDenormals guard;
     const ConvArgs &a = *pa;
     const int64_t Dp = a.Dp, L = a.L, K = a.K;
     float *X = (float *)calloc((L + K) * Dp, sizeof(float)), *G = (float *)calloc((L + K) * Dp, sizeof(float));
@@ -188,6 +191,7 @@ class _CpuCausalConv(torch.autograd.Function):
         return y[..., :dim].transpose(1, 2).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         silu, has_bias, x_dtype, w_dtype, b_dtype = ctx.meta
         xf, weight_t, *rest = ctx.saved_tensors

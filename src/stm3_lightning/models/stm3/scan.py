@@ -32,10 +32,12 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def _scan_eager(
     steps = zip(delta.unbind(2), (delta * u).unbind(2), B.unbind(2), C.unbind(2), strict=True)
     for d_t, x_t, b_t, c_t in steps:
         h = torch.exp(d_t[:, :, None] * A) * h + x_t[:, :, None] * b_t[:, None, :]
-        ys.append(torch.linalg.vecdot(h, c_t[:, None, :]))
+        ys.append(torch.einsum("bdn,bn->bd", h, c_t))
     y = torch.stack(ys, dim=2)
     if D is not None:
         y = y + u * D.to(cdtype)[:, None]
@@ -174,6 +176,18 @@ CPU_KERNEL_PRELUDE = r"""
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+// Flush denormals to zero (FTZ | DAZ) for the lifetime of the guard: decays multiply states towards 1e-38,
+// where denormal arithmetic would be ~100x slower.
+struct FlushDenormals {
+    unsigned int saved;
+    FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
+    ~FlushDenormals() { _mm_setcsr(saved); }
+};
+#else
+struct FlushDenormals {};
+#endif
 #define W 16
 #define INLINE static inline __attribute__((always_inline))
 typedef float vf __attribute__((vector_size(W * 4)));
@@ -184,10 +198,12 @@ INLINE void st(float *p, vf v) { *(vfu *)p = v; }
 INLINE vf splat(float s) { return vf{} + s; }
 INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 INLINE vf vmin(vf a, vf b) { return a < b ? a : b; }
-// exp(x), about 1 ulp, clamped to [exp(-87), exp(88)].
+// exp(x), about 1 ulp, clamped to [exp(-87), exp(88)]. k = round(x / ln 2) is formed in the low mantissa bits of
+// x / ln 2 + 1.5 * 2^23 + 127, so shifting those bits left by 23 gives the float 2^k directly.
 INLINE vf vexp(vf x) {
     x = vmin(vmax(x, splat(-87.0f)), splat(88.0f));
-    const vf k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const vf kb = x * 1.44269504088896341f + 12583039.0f;
+    const vf k = kb - 12583039.0f;
     const vf r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
     vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -195,12 +211,14 @@ INLINE vf vexp(vf x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    return p * (vf)((__builtin_convertvector(k, vi) + 127) << 23);
+    return p * (vf)((vi)kb << 23);
 }
 INLINE vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), with log1p(e) = 2 atanh(e / (2 + e)); sets *sig = sigmoid(x).
+// One division: q = 1 / ((1 + e)(2 + e)) gives both 1 / (1 + e) and 1 / (2 + e).
 INLINE vf vsoftplus(vf x, vf *sig) {
-    const vf e = vexp(-(vf)((vi)x & 0x7fffffff)), s = e / (2.0f + e), s2 = s * s;
+    const vf e = vexp(-(vf)((vi)x & 0x7fffffff)), q = 1.0f / ((1.0f + e) * (2.0f + e));
+    const vf s = e * (1.0f + e) * q, s2 = s * s;
     vf p = s2 * (1.0f / 15) + 1.0f / 13;
     p = p * s2 + 1.0f / 11;
     p = p * s2 + 1.0f / 9;
@@ -208,7 +226,7 @@ INLINE vf vsoftplus(vf x, vf *sig) {
     p = p * s2 + 1.0f / 5;
     p = p * s2 + 1.0f / 3;
     p = p * s2 + 1.0f;
-    *sig = (x >= 0.0f ? splat(1.0f) : e) / (1.0f + e);
+    *sig = (x >= 0.0f ? splat(1.0f) : e) * (2.0f + e) * q;
     return vmax(x, vf{}) + 2.0f * s * p;
 }
 """
@@ -285,13 +303,16 @@ def load_cpu_kernel(name: str, source: str) -> ctypes.CDLL | None:
         return None
 
 
-_pool_state: dict[str, object] = {}
+_pool_state: dict[str, Any] = {}
 
 
 def _thread_pool(threads: int) -> ThreadPoolExecutor:
     """A pool of ``threads`` workers, rebuilt after a fork or when the thread count changes."""
     key = (os.getpid(), threads)
     if _pool_state.get("key") != key:
+        old = _pool_state.get("pool")
+        if isinstance(old, ThreadPoolExecutor) and _pool_state["key"][0] == key[0]:
+            old.shutdown(wait=False)
         _pool_state["key"] = key
         _pool_state["pool"] = ThreadPoolExecutor(threads, thread_name_prefix="stm3-kernel")
     pool = _pool_state["pool"]
@@ -336,8 +357,8 @@ INLINE vf shuf(vf a, vf b) {
     return __builtin_shuffle(a, b, vi{I0, I1, I2, I3, I4, I5, I6, I7, I8, I9, I10, I11, I12, I13, I14, I15});
 }
 
-// out[n] = sum of the lanes of p[n] for n = 0..15 (transpose-and-add tree).
-INLINE void hsum16(const vf *p, float *out) {
+// out[n] += sum of the lanes of p[n] for n = 0..15 (transpose-and-add tree).
+INLINE void hsum16_add(const vf *p, float *out) {
     vf v1[8], v2[4], v3[2];
     for (int i = 0; i < 8; ++i)
         v1[i] = shuf<0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23>(p[2 * i], p[2 * i + 1]) +
@@ -348,7 +369,7 @@ INLINE void hsum16(const vf *p, float *out) {
     for (int i = 0; i < 2; ++i)
         v3[i] = shuf<0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29>(v2[2 * i], v2[2 * i + 1]) +
                 shuf<2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31>(v2[2 * i], v2[2 * i + 1]);
-    st(out, shuf<0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30>(v3[0], v3[1]) +
+    st(out, ld(out) + shuf<0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30>(v3[0], v3[1]) +
                 shuf<1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31>(v3[0], v3[1]));
 }
 
@@ -389,65 +410,76 @@ INLINE Step load_step(const ScanArgs &a, int64_t b, int64_t t, int64_t d0) {
     return s;
 }
 
-// Forward recurrence over channels [d0, d0 + W) of batch element b. With H, E non-null it records states and
-// decays ([L, N] vf) and the pre-gate output YP ([L] vf) instead of writing y.
-template <int NC>
-INLINE void fwd_block(const ScanArgs &a, int64_t b, int64_t d0, vf *H, vf *E, vf *YP, vf *work) {
+// Work buffers of one (batch element, channel block): steps S ([L]), and for the backward states H and decays E
+// ([L, N] vf) and pre-gate outputs YP ([L]).
+struct Record { vf *H, *E, *YP; Step *S; };
+
+// Forward recurrence over channels [d0, d0 + W) of batch element b: writes y, or with RECORD fills rec instead.
+// The steps are computed first, in a loop without dependencies: inside the recurrence their exp/division latency
+// would stall it.
+template <int NC, bool RECORD>
+INLINE void fwd_block(const ScanArgs &a, int64_t b, int64_t d0, Record rec, vf *work) {
     const int64_t N = NC > 0 ? NC : a.N, D = a.D, L = a.L;
+    for (int64_t t = 0; t < L; ++t) rec.S[t] = load_step(a, b, t, d0);
     vf hl[NC > 0 ? NC : 1];
     vf *h = NC > 0 ? hl : work;
     for (int64_t n = 0; n < N; ++n) h[n] = vf{};
     const vf dsk = a.Dskip ? ld(a.Dskip + d0) : vf{};
     const float *Bb = at(a.B, b, 0), *Cb = at(a.C, b, 0);
     for (int64_t t = 0; t < L; ++t) {
-        const Step s = load_step(a, b, t, d0);
+        const Step &s = rec.S[t];
         const float *bt = Bb + t * a.B.st, *ct = Cb + t * a.C.st;
         vf acc = dsk * s.u;
         for (int64_t n = 0; n < N; ++n) {
             const vf e = vexp(s.dt * ld(a.A + n * D + d0));
             h[n] = e * h[n] + s.x * bt[n];
             acc += h[n] * ct[n];
-            if (H) { H[t * N + n] = h[n]; E[t * N + n] = e; }
+            if (RECORD) { rec.H[t * N + n] = h[n]; rec.E[t * N + n] = e; }
         }
-        if (H) YP[t] = acc;
+        if (RECORD) rec.YP[t] = acc;
         else st(a.y + (b * L + t) * D + d0, a.z.p ? acc * s.zs : acc);
     }
 }
 
-// Reverse recurrence over channels [d0, d0 + W); writes du, ddelta, dz, accumulates dA, dD, dbias and the lane
-// partials PB, PC ([L, N] vf, stored when first, else added) of dB and dC.
+// Reverse recurrence over channels [d0, d0 + W) of batch element b: writes du, ddelta, dz; adds into the rows of
+// dB, dC (zeroed by the caller) and the accumulators dA ([N, D]), dD, dbias ([D]).
 template <int NC>
-INLINE void bwd_block(const ScanArgs &a, int64_t b, int64_t d0, const vf *H, const vf *E, const vf *YP, vf *PB,
-                      vf *PC, bool first, float *dA, float *dD, float *dbias, vf *work) {
+INLINE void bwd_block(const ScanArgs &a, int64_t b, int64_t d0, Record rec, float *dA, float *dD, float *dbias,
+                      vf *work) {
     const int64_t N = NC > 0 ? NC : a.N, D = a.D, L = a.L;
-    vf gl[NC > 0 ? NC : 1], gal[NC > 0 ? NC : 1];
+    vf gl[NC > 0 ? NC : 1], gal[NC > 0 ? NC : 1], pbl[NC > 0 ? NC : 1], pcl[NC > 0 ? NC : 1];
     vf *g = NC > 0 ? gl : work, *ga = NC > 0 ? gal : work + N;
-    for (int64_t n = 0; n < N; ++n) { g[n] = vf{}; ga[n] = vf{}; }
+    vf *pb = NC > 0 ? pbl : work + 2 * N, *pc = NC > 0 ? pcl : work + 3 * N, *zero = work + 4 * N;
+    for (int64_t n = 0; n < N; ++n) { g[n] = vf{}; ga[n] = vf{}; zero[n] = vf{}; }
     const vf dsk = a.Dskip ? ld(a.Dskip + d0) : vf{};
     vf gD = vf{}, gbias = vf{};
     const float *Bb = at(a.B, b, 0), *Cb = at(a.C, b, 0);
     for (int64_t t = L - 1; t >= 0; --t) {
-        const Step s = load_step(a, b, t, d0);
+        const Step s = rec.S[t];
         const float *bt = Bb + t * a.B.st, *ct = Cb + t * a.C.st;
+        const vf *Ht = rec.H + t * N, *Et = rec.E + t * N, *Hp = t > 0 ? Ht - N : zero;
         vf gy = ld(at(a.dy, b, t) + d0);
         const int64_t o = (b * L + t) * D + d0;
         if (a.z.p) {
-            st(a.dz + o, gy * YP[t] * s.zg);
+            st(a.dz + o, gy * rec.YP[t] * s.zg);
             gy *= s.zs;
         }
         vf dx = vf{}, dd = vf{};
         for (int64_t n = 0; n < N; ++n) {
-            const vf gn = g[n] + gy * ct[n], e = E[t * N + n];
-            const vf pc = gy * H[t * N + n], pb = gn * s.x;
-            PC[t * N + n] = first ? pc : PC[t * N + n] + pc;
-            PB[t * N + n] = first ? pb : PB[t * N + n] + pb;
+            const vf gn = g[n] + gy * ct[n], e = Et[n], sv = gn * e * Hp[n];
+            pc[n] = gy * Ht[n];
+            pb[n] = gn * s.x;
             dx += gn * bt[n];
-            if (t > 0) {
-                const vf sv = gn * e * H[(t - 1) * N + n];
-                dd += sv * ld(a.A + n * D + d0);
-                ga[n] += sv * s.dt;
-            }
+            dd += sv * ld(a.A + n * D + d0);
+            ga[n] += sv * s.dt;
             g[n] = gn * e;
+        }
+        float *dbt = a.dB + (b * L + t) * N, *dct = a.dC + (b * L + t) * N;
+        if (NC == 16) {
+            hsum16_add(pb, dbt);
+            hsum16_add(pc, dct);
+        } else {
+            for (int64_t n = 0; n < N; ++n) { dbt[n] += hsum(pb[n]); dct[n] += hsum(pc[n]); }
         }
         gD += gy * s.u;
         st(a.du + o, dx * s.dt + gy * dsk);
@@ -463,45 +495,42 @@ INLINE void bwd_block(const ScanArgs &a, int64_t b, int64_t d0, const vf *H, con
 template <int NC>
 static void fwd_range(const ScanArgs &a, int64_t b0, int64_t b1) {
     vf *work = (vf *)aligned_alloc(64, sizeof(vf) * (a.N + 1));
+    Record rec{};
+    rec.S = (Step *)aligned_alloc(64, sizeof(Step) * (a.L + 1));
     for (int64_t b = b0; b < b1; ++b)
-        for (int64_t d0 = 0; d0 < a.D; d0 += W) fwd_block<NC>(a, b, d0, nullptr, nullptr, nullptr, work);
-    free(work);
+        for (int64_t d0 = 0; d0 < a.D; d0 += W) fwd_block<NC, false>(a, b, d0, rec, work);
+    free(rec.S); free(work);
 }
 
 template <int NC>
 static void bwd_range(const ScanArgs &a, int64_t b0, int64_t b1, float *dA, float *dD, float *dbias) {
-    const int64_t N = a.N, L = a.L, NL = N * L;
-    vf *H = (vf *)aligned_alloc(64, sizeof(vf) * (NL + 1)), *E = (vf *)aligned_alloc(64, sizeof(vf) * (NL + 1));
-    vf *PB = (vf *)aligned_alloc(64, sizeof(vf) * (NL + 1)), *PC = (vf *)aligned_alloc(64, sizeof(vf) * (NL + 1));
-    vf *YP = (vf *)aligned_alloc(64, sizeof(vf) * (L + 1)), *work = (vf *)aligned_alloc(64, sizeof(vf) * (2 * N + 1));
+    const int64_t N = a.N, L = a.L;
+    Record rec;
+    rec.H = (vf *)aligned_alloc(64, sizeof(vf) * (N * L + 1));
+    rec.E = (vf *)aligned_alloc(64, sizeof(vf) * (N * L + 1));
+    rec.YP = (vf *)aligned_alloc(64, sizeof(vf) * (L + 1));
+    rec.S = (Step *)aligned_alloc(64, sizeof(Step) * (L + 1));
+    vf *work = (vf *)aligned_alloc(64, sizeof(vf) * (5 * N + 1));
     for (int64_t b = b0; b < b1; ++b) {
+        memset(a.dB + b * L * N, 0, sizeof(float) * L * N);
+        memset(a.dC + b * L * N, 0, sizeof(float) * L * N);
         for (int64_t d0 = 0; d0 < a.D; d0 += W) {
-            fwd_block<NC>(a, b, d0, H, E, YP, work);
-            bwd_block<NC>(a, b, d0, H, E, YP, PB, PC, d0 == 0, dA, dD, dbias, work);
-        }
-        float *dBb = a.dB + b * NL, *dCb = a.dC + b * NL;
-        for (int64_t t = 0; t < L; ++t) {
-            if (NC == 16) {
-                hsum16(PB + t * N, dBb + t * N);
-                hsum16(PC + t * N, dCb + t * N);
-            } else {
-                for (int64_t n = 0; n < N; ++n) {
-                    dBb[t * N + n] = hsum(PB[t * N + n]);
-                    dCb[t * N + n] = hsum(PC[t * N + n]);
-                }
-            }
+            fwd_block<NC, true>(a, b, d0, rec, work);
+            bwd_block<NC>(a, b, d0, rec, dA, dD, dbias, work);
         }
     }
-    free(H); free(E); free(PB); free(PC); free(YP); free(work);
+    free(rec.H); free(rec.E); free(rec.YP); free(rec.S); free(work);
 }
 
 extern "C" {
 void stm3_scan_fwd(const ScanArgs *a, int64_t b0, int64_t b1) {
+    FlushDenormals guard;
     if (a->N == 16) fwd_range<16>(*a, b0, b1);
     else fwd_range<0>(*a, b0, b1);
 }
 // dA: [N, D], dD, dbias: [D]; accumulated into (one set per concurrent call).
 void stm3_scan_bwd(const ScanArgs *a, int64_t b0, int64_t b1, float *dA, float *dD, float *dbias) {
+    FlushDenormals guard;
     if (a->N == 16) bwd_range<16>(*a, b0, b1, dA, dD, dbias);
     else bwd_range<0>(*a, b0, b1, dA, dD, dbias);
 }
@@ -601,6 +630,7 @@ class _CpuSelectiveScan(torch.autograd.Function):
         return y[..., :dim].transpose(1, 2).to(u.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         dim, width, has_z, has_d, has_bias, softplus = ctx.layout
         saved = iter(ctx.saved_tensors)

@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the project's performance-critical kernels (``python -m benchmarks.<name>``)."""

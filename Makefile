@@ -62,6 +62,7 @@ datasets: ## List the datasets, their files and where they come from
 bench: ## Performance benchmarks (tables + JSON under benchmarks/results/)
 	$(BIN)/python -m benchmarks.train_step
 	$(BIN)/python -m benchmarks.scaling
+	$(BIN)/python -m benchmarks.flops
 
 report: ## Ablation report from finished runs: make report [RUNS=outputs|wandb:entity/project]
 	$(BIN)/stm3 report runs=$(RUNS) $(ARGS)

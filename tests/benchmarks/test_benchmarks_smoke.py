@@ -1,0 +1,103 @@
+"""Each benchmark script runs end to end in its tiny ``--quick`` mode and writes the promised JSON fields."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _repo_on_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``benchmarks`` is a top-level package of the repository (``python -m benchmarks.x`` from its root)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.chdir(REPO)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_step_quick(tmp_path: Path) -> None:
+    from benchmarks import train_step
+
+    out = tmp_path / "train_step.json"
+    result = train_step.main(["--quick", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["speedup_vs_ref"] == pytest.approx(result["speedup_vs_ref"])
+    assert saved["speedup_vs_ref"] > 0
+    assert saved["small_batch"]["parity"]["ok"]
+    assert saved["epoch_seconds"] > 0
+    big = saved["training_batch"]
+    assert big["data"]["median_s"] >= 0 and big["step"]["median_s"] > 0
+    assert saved["epoch_steps"] == saved["train_windows"] // 4  # quick mode: epoch batch 4
+
+
+def test_scaling_quick(tmp_path: Path) -> None:
+    from benchmarks import scaling
+
+    out = tmp_path / "scaling.json"
+    scaling.main(["--quick", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    measured = {(r["L"], r["N"]) for r in saved["results"] if "median_s" in r}
+    assert measured == {(8, 4), (32, 4), (8, 8)}  # the L sweep at N=4 and the N sweep at L=8
+    assert saved["linearity"][0]["bound"] == pytest.approx(1.2 * 32 / 8)
+    assert saved["time_ratio_L"] > 0
+
+
+def test_flops_quick(tmp_path: Path) -> None:
+    from benchmarks import flops
+
+    out = tmp_path / "flops.json"
+    flops.main(["--quick", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    per_sample = saved["flops_per_sample"]
+    assert per_sample["scan"] > 0 and per_sample["total"] > per_sample["scan"]
+    parts = {row["part"]: row for row in saved["parts"]}
+    assert {"agccn", "moe", "head", "expert/selective scan", "step"} <= set(parts)
+    # The top-level parts' FLOPs add up to the whole step's (same recorded inputs, same counting rules).
+    top = ["embedding", "agccn", "moe", "head", "contrastive"]
+    assert sum(parts[p]["gflop_per_sample"] for p in top) == pytest.approx(
+        parts["step"]["gflop_per_sample"], rel=1e-3
+    )
+    assert saved["biggest"]["top_level"] in parts
+    assert saved["matmul_gflops"]["fp32"] > 0
+
+
+def test_module_entry_point(tmp_path: Path) -> None:
+    """``python -m benchmarks.scaling`` works from the repository root in a fresh interpreter."""
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", "--quick", "--threads", "1", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "time(L=32) / time(L=8)" in proc.stdout
+    assert json.loads(out.read_text())["results"]
+
+
+def test_train_step_quick_memory_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the memory guard picks a smaller batch, loader batches are cut and the epoch is scaled per window."""
+    from benchmarks import train_step
+
+    monkeypatch.setattr(
+        train_step, "fitting_batch", lambda target, _need: (2, "Not enough memory for this test.")
+    )
+    out = tmp_path / "train_step.json"
+    saved = train_step.main(["--quick", "--threads", "1", "--skip-ref", "--out", str(out)])
+    assert saved["training_batch"]["batch"] == 2
+    assert saved["memory_note"] == "Not enough memory for this test."
+    assert "memory-limited" in saved["epoch_basis"]
+    assert saved["speedup_vs_ref"] is None and "ref" not in saved["small_batch"]

@@ -1,0 +1,83 @@
+"""FLOP counting: analytic scan/conv formulas, their hook into FlopCounterMode counts, per-sample totals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.stm3.config import STM3Config
+from stm3_lightning.models.stm3.mamba import MultiscaleMamba
+from stm3_lightning.profiling import (
+    SCAN_BWD_PER_CHANNEL,
+    SCAN_BWD_PER_STATE,
+    SCAN_FWD_PER_CHANNEL,
+    SCAN_FWD_PER_STATE,
+    FlopCount,
+    causal_conv_flops,
+    conv_runs_in_kernel,
+    count_flops,
+    selective_scan_flops,
+    train_flops_per_sample,
+)
+
+
+def test_scan_flops_formula() -> None:
+    rows, d, length, n = 3, 32, 10, 16
+    fwd = rows * d * length * (n * SCAN_FWD_PER_STATE + SCAN_FWD_PER_CHANNEL)
+    assert selective_scan_flops(rows, d, length, n, backward=False) == fwd
+    bwd = rows * d * length * (n * SCAN_BWD_PER_STATE + SCAN_BWD_PER_CHANNEL)
+    assert selective_scan_flops(rows, d, length, n) == fwd + bwd
+
+
+def test_causal_conv_flops_formula() -> None:
+    assert causal_conv_flops(2, 8, 5, 4, backward=False) == 2 * 8 * 5 * (2 * 4 + 5)
+    assert causal_conv_flops(2, 8, 5, 4) == 2 * 8 * 5 * (2 * 4 + 5 + 4 * 4 + 6)
+
+
+def test_count_flops_adds_the_analytic_mamba_work() -> None:
+    torch.manual_seed(0)
+    mamba = MultiscaleMamba(16, [1, 3, 5, 7], scan_backend="torch")
+    h = torch.randn(5, 12, 16)
+    fwd = count_flops(lambda: mamba(h), mamba, backward=False)
+    assert fwd.scan == selective_scan_flops(5, mamba.d_inner, 12, mamba.d_state, backward=False)
+    in_proj = 2 * 5 * 12 * 16 * 2 * mamba.d_inner
+    assert fwd.counted >= in_proj  # the projections and convolutions are seen by FlopCounterMode
+    kernel = conv_runs_in_kernel("torch", h)
+    assert (fwd.causal_conv > 0) == kernel
+    both = count_flops(lambda: mamba(h).sum().backward(), mamba, backward=True)
+    assert both.scan == selective_scan_flops(5, mamba.d_inner, 12, mamba.d_state)
+    assert both.counted > 2 * fwd.counted
+    assert both.total == both.counted + both.scan + both.causal_conv
+
+
+def test_hooks_are_removed_after_counting() -> None:
+    mamba = MultiscaleMamba(8, [1, 3], scan_backend="torch")
+    count_flops(lambda: mamba(torch.randn(2, 6, 8)), mamba, backward=False)
+    assert not mamba._forward_hooks
+
+
+def test_train_flops_per_sample_does_not_depend_on_batch() -> None:
+    info = DataInfo(num_nodes=6, input_len=8, horizon=4)
+    torch.manual_seed(0)
+    model = build_model(STM3Config(scan_backend="torch", contrastive="off"), info)
+    one = train_flops_per_sample(model, torch.randn(1, 8, 6, 3))
+    three = train_flops_per_sample(model, torch.randn(3, 8, 6, 3))
+    # Routing decides how rows split among the experts, but every row runs one routed and the shared expert.
+    assert three.scan == one.scan
+    assert three.counted == pytest.approx(one.counted, rel=0.02)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_flop_count_as_dict() -> None:
+    count = FlopCount(counted=5, scan=3, causal_conv=2)
+    assert count.as_dict() == {"total": 10, "counted": 5, "scan": 3, "causal_conv": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """Tiny tensors: one thread avoids thread-pool wake-ups that dominate on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,73 @@
+"""Where analysis figures go: ``wandb.Image`` on every active W&B logger, otherwise PNGs under ``<run_dir>/plots``."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from matplotlib.figure import Figure
+from PIL import Image
+
+from stm3_lightning.analysis.plots import save_figure
+
+PLOTS_DIR = "plots"
+
+
+@dataclass(frozen=True)
+class NamedFigure:
+    """A figure and the key it is logged under, e.g. ``routing/layer0/assignment_map``.
+
+    ``per_epoch``: a snapshot of one evaluation, written as ``<key>_epoch<NNN>.png``; False for cumulative plots
+    (e.g. a metric over epochs), whose PNG ``<key>.png`` is overwritten by each evaluation.
+    """
+
+    key: str
+    figure: Figure
+    per_epoch: bool = True
+
+    def png_path(self, plots_dir: Path, epoch: int) -> Path:
+        """The PNG file of this figure for an evaluation at ``epoch``."""
+        suffix = f"_epoch{epoch:03d}" if self.per_epoch else ""
+        return plots_dir / f"{self.key}{suffix}.png"
+
+
+def active_wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    """The trainer's W&B loggers whose run really records (not ``mode=disabled``)."""
+    return [
+        lg
+        for lg in trainer.loggers
+        if isinstance(lg, WandbLogger) and not getattr(lg.experiment, "disabled", False)
+    ]
+
+
+def figure_image(fig: Figure, dpi: int = 100) -> Image.Image:
+    """Render ``fig`` with the Agg canvas to an in-memory RGBA PIL image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    image = Image.open(buf)
+    image.load()
+    return image
+
+
+def log_figures(trainer: L.Trainer, run_dir: Path, figures: Sequence[NamedFigure], epoch: int) -> None:
+    """Send ``figures`` of the evaluation at ``epoch`` to W&B (step = global step), or write them as PNGs.
+
+    Only the global-zero process writes. Without an active W&B logger the PNGs go to ``<run_dir>/plots/<key>...``.
+    """
+    if not figures or not trainer.is_global_zero:
+        return
+    wandb_loggers = active_wandb_loggers(trainer)
+    if not wandb_loggers:
+        for item in figures:
+            save_figure(item.figure, item.png_path(run_dir / PLOTS_DIR, epoch))
+        return
+    import wandb
+
+    images = {item.key: wandb.Image(figure_image(item.figure), caption=f"epoch {epoch}") for item in figures}
+    for lg in wandb_loggers:
+        lg.log_metrics(images, step=trainer.global_step)

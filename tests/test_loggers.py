@@ -194,3 +194,16 @@ def test_resumed_run_continues_its_wandb_run(online_env: pytest.MonkeyPatch, tmp
     )
     assert build_wandb_logger(cfg, tmp_path, resuming=True)._wandb_init["id"] == "abc123"
     assert build_wandb_logger(cfg, tmp_path, resuming=False)._wandb_init["id"] is None
+
+
+def test_run_never_attaches_to_a_wandb_run_left_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    stale = wandb.init(mode="offline", dir=str(tmp_path), project="stale")
+    try:
+        out = tmp_path / "run"
+        assert main(["train", *TINY, "logger.wandb.mode=offline", f"paths.output_dir={out}"]) == 0
+        assert list((out / "wandb").glob("offline-run-*")), "the run's W&B files went to the stale run"
+    finally:
+        stale.finish()

@@ -117,11 +117,14 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
     if mode == "disabled":
         return None
     run_id = previous_wandb_id(run_dir) if resuming else None
+    import wandb
+
+    if wandb.run is not None:
+        # WandbLogger would attach to a run left open by an earlier run in this process and write there.
+        wandb.finish()
     logger = _wandb_logger(cfg, run_dir, mode, run_id)
     if mode != "online":
         return logger
-    import wandb
-
     try:
         logger.experiment  # noqa: B018  (starts the W&B run)
     except Exception as exc:  # wandb raises CommError, AuthenticationError, UsageError, timeouts, ...

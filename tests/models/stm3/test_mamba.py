@@ -98,3 +98,22 @@ def test_rejects_widths_not_divisible_by_the_scales() -> None:
 
 def test_dt_rank_is_ceil_m_over_16() -> None:
     assert MultiscaleMamba(36, [1, 3, 5, 7]).dt_rank == math.ceil(36 / 16)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # the per-scale Conv1d
+@pytest.mark.parametrize("scales", [[1, 3, 5, 7], [2, 4], [1, 2, 3, 6]])
+def test_multiscale_grouped_conv_equals_one_conv_per_scale(scales: list[int]) -> None:
+    """The single zero-padded grouped convolution reproduces each scale's own 'same' convolution (even k too)."""
+    torch.manual_seed(0)
+    m = MultiscaleMamba(6, scales, d_state=4)
+    for conv in m.scale_convs:
+        torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, m.d_inner, 11, requires_grad=True)
+    groups = x.split(m.scale_dim, dim=1)
+    expected = torch.cat([conv(g) for conv, g in zip(m.scale_convs, groups, strict=True)], dim=1)
+    torch.testing.assert_close(m.multiscale(x), expected, atol=1e-6, rtol=1e-5)
+    grad_out = torch.randn_like(expected)
+    params = [x, *m.scale_convs.parameters()]
+    fused = torch.autograd.grad(m.multiscale(x), params, grad_out)
+    for got, want in zip(fused, torch.autograd.grad(expected, params, grad_out), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

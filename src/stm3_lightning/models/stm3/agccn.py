@@ -43,22 +43,33 @@ class AdaptiveGraphConv(nn.Module):
         nn.init.zeros_(self.bias_pool)
 
     def forward(self, x: Tensor, node_emb: Tensor) -> Tensor:
-        """x: [B, N, L, D, Q], node_emb: [N, d_e] -> [B, N, L, D, Q]."""
+        """x: [B, N, L, D, Q], node_emb: [N, d_e] -> [B, N, L, D, Q].
+
+        Each support term ``T_k x`` ([B, N, L*D*Q], one batched matmul) is contracted with its node-adaptive weights
+        as ``[L, D*Q] @ kron(W_nk, I_Q)`` per (sample, node), which keeps the native layout (no stacked or
+        permuted copies of the activations).
+        """
         b, n, length, d, q = x.shape
         supports = chebyshev_supports(adaptive_adjacency(node_emb), self.cheb_k)  # [K, N, N]
         flat = x.reshape(b, n, length * d * q)
-        mixed = [flat] + [supports[k] @ flat for k in range(1, self.cheb_k)]  # T_0 = I
-        x_g = torch.stack(mixed, dim=1).view(b, self.cheb_k, n, length, d, q)
         weights = torch.einsum("nj,jkio->nkio", node_emb, self.weights_pool)  # [N, K, D, D]
+        eye = torch.eye(q, device=x.device, dtype=x.dtype)
+        # kron(W_nk, I_Q): [N, K, D*Q, D*Q], entry ((i, q'), (o, q)) = W_nk[i, o] * [q' == q].
+        blocks = torch.einsum("nkio,pq->nkipoq", weights, eye).reshape(n, self.cheb_k, d * q, d * q)
+        out = None
+        for k in range(self.cheb_k):
+            term = flat if k == 0 else torch.bmm(supports[k].expand(b, n, n), flat)  # T_0 = I
+            mixed = torch.matmul(term.view(b, n, length, d * q), blocks[:, k])  # [B, N, L, D*Q]
+            out = mixed if out is None else out + mixed
         bias = node_emb @ self.bias_pool  # [N, D]
-        out = torch.einsum("bknliq,nkio->bnloq", x_g, weights)
-        return out + bias[None, :, None, :, None]
+        return out.view(b, n, length, d, q) + bias[None, :, None, :, None]
 
 
 class AGCCN(nn.Module):
     """Graph convolution -> LayerNorm_[D,Q] -> (+ causal scale attention) -> LayerNorm_[D,Q] (the release's dgcn).
 
-    ``graph=False`` replaces the graph convolution by the identity; ``attention=False`` drops the attention term.
+    ``graph=False`` replaces the graph convolution by the identity; ``attention=False`` drops the attention term;
+    ``fused=False`` keeps the scale attention off its fused CPU kernel.
     The caller adds the output to its input (residual).
     """
 
@@ -70,10 +81,11 @@ class AGCCN(nn.Module):
         cheb_k: int,
         graph: bool = True,
         attention: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.graph = AdaptiveGraphConv(dim, node_emb_dim, cheb_k) if graph else None
-        self.attention = CausalScaleAttention(dim) if attention else None
+        self.attention = CausalScaleAttention(dim, fused=fused) if attention else None
         self.norm1 = nn.LayerNorm([dim, num_scales])
         self.norm2 = nn.LayerNorm([dim, num_scales])
 

@@ -7,8 +7,10 @@ convolves along time as the paper describes.
 
 from __future__ import annotations
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from stm3_lightning.models.stm3.mamba import merged_same_kernels
 
 
 class MultiscaleEmbedding(nn.Module):
@@ -33,8 +35,17 @@ class MultiscaleEmbedding(nn.Module):
         b, length, n, d = h.shape
         if self.axis == "node":
             seq = h.permute(0, 1, 3, 2).reshape(b * length, d, n)  # [(B L), D, N]
-            out = torch.stack([conv(seq) for conv in self.convs], dim=-1)  # [(B L), D, N, Q]
-            return out.view(b, length, d, n, -1).permute(0, 3, 1, 2, 4).contiguous()
+            out = self.multiscale(seq)  # [(B L), Q, D, N]
+            return out.view(b, length, -1, d, n).permute(0, 4, 1, 3, 2).contiguous()
         seq = h.permute(0, 2, 3, 1).reshape(b * n, d, length)  # [(B N), D, L]
-        out = torch.stack([conv(seq) for conv in self.convs], dim=-1)  # [(B N), D, L, Q]
-        return out.view(b, n, d, length, -1).permute(0, 1, 3, 2, 4).contiguous()
+        out = self.multiscale(seq)  # [(B N), Q, D, L]
+        return out.view(b, n, -1, d, length).permute(0, 1, 4, 3, 2).contiguous()
+
+    def multiscale(self, seq: Tensor) -> Tensor:
+        """seq: [b, D, S] -> [b, Q, D, S]: every scale's 'same' convolution of seq, as one convolution.
+
+        The Q kernels are merged into one (see :func:`merged_same_kernels`).
+        """
+        weight, bias, half = merged_same_kernels(self.convs)  # [Q * D, D, 2 half + 1]
+        out = F.conv1d(seq, weight, bias, padding=half)
+        return out.view(seq.shape[0], len(self.convs), seq.shape[1], seq.shape[2])

@@ -9,12 +9,28 @@ convolution; ``x_proj``'s output goes through ``tanh``; the step size gets a lea
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stm3_lightning.models.stm3.causal_conv import causal_conv1d
 from stm3_lightning.models.stm3.scan import selective_scan
+
+
+def merged_same_kernels(convs: Iterable[nn.Conv1d]) -> tuple[Tensor, Tensor, int]:
+    """Stack ``padding='same'`` convolutions of different kernel sizes into one odd-sized kernel.
+
+    Each kernel is zero-padded so that the shared symmetric padding ``half`` reproduces its own ``'same'`` padding
+    (even sizes included). Returns (weight [sum C_out, C_in, 2 half + 1], bias [sum C_out], half).
+    """
+    convs = list(convs)
+    half = max(conv.kernel_size[0] for conv in convs) // 2
+    weight = torch.cat(
+        [F.pad(conv.weight, (half - (k - 1) // 2, half - k // 2)) for conv in convs for k in conv.kernel_size]
+    )
+    return weight, torch.cat([conv.bias for conv in convs]), half
 
 
 class MultiscaleMamba(nn.Module):
@@ -83,9 +99,13 @@ class MultiscaleMamba(nn.Module):
                 self.dt_embedding.fill_(dt_offset)
 
     def multiscale(self, x: Tensor) -> Tensor:
-        """x: [b, d_inner, L] -> [b, d_inner, L]; group q (contiguous channels) convolved with kernel scales[q]."""
-        groups = x.split(self.scale_dim, dim=1)
-        return torch.cat([conv(g) for conv, g in zip(self.scale_convs, groups, strict=True)], dim=1)
+        """x: [b, d_inner, L] -> [b, d_inner, L]; group q (contiguous channels) convolved with kernel scales[q].
+
+        Runs as one grouped convolution (``groups = Q``) over the scales' merged kernels (see
+        :func:`merged_same_kernels`): the result is the Q separate convolutions'.
+        """
+        weight, bias, half = merged_same_kernels(self.scale_convs)  # [d_inner, scale_dim, 2 half + 1]
+        return F.conv1d(x.contiguous(), weight, bias, padding=half, groups=self.num_scales)
 
     def forward(self, h: Tensor) -> Tensor:
         """h: [b, L, M] -> [b, L, M]."""

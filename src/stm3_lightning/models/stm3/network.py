@@ -30,7 +30,15 @@ class STM3Layer(nn.Module):
         super().__init__()
         d, q = cfg.hidden_dim, len(cfg.scales)
         self.spatial = (
-            AGCCN(d, q, cfg.node_emb_dim, cfg.cheb_k, graph=cfg.agccn, attention=cfg.scale_attention)
+            AGCCN(
+                d,
+                q,
+                cfg.node_emb_dim,
+                cfg.cheb_k,
+                graph=cfg.agccn,
+                attention=cfg.scale_attention,
+                fused=cfg.scan_backend != "ref",
+            )
             if cfg.agccn or cfg.scale_attention
             else None
         )

@@ -210,6 +210,7 @@ def part_flops(part: str, calls: list[Call]) -> FlopCount:
         total.counted += count.counted
         total.scan += count.scan + extra.scan
         total.causal_conv += count.causal_conv + extra.causal_conv
+        total.attention += count.attention + extra.attention
     return total
 
 
@@ -236,7 +237,9 @@ def profile_parts(model: nn.Module, x: Tensor, y: Tensor, repeats: int) -> dict[
 
 
 def scaled(count: FlopCount, factor: int) -> FlopCount:
-    return FlopCount(count.counted * factor, count.scan * factor, count.causal_conv * factor)
+    return FlopCount(
+        count.counted * factor, count.scan * factor, count.causal_conv * factor, count.attention * factor
+    )
 
 
 def summarise(parts: dict[str, dict], batch: int, peak_gflops: float) -> list[dict]:

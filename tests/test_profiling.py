@@ -71,7 +71,7 @@ def test_train_flops_per_sample_does_not_depend_on_batch() -> None:
 
 def test_flop_count_as_dict() -> None:
     count = FlopCount(counted=5, scan=3, causal_conv=2)
-    assert count.as_dict() == {"total": 10, "counted": 5, "scan": 3, "causal_conv": 2}
+    assert count.as_dict() == {"total": 10, "counted": 5, "scan": 3, "causal_conv": 2, "attention": 0}
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +81,18 @@ def _one_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_fused_scale_attention_is_counted_analytically() -> None:
+    import torch
+
+    from stm3_lightning.models.stm3.scale_attention import CausalScaleAttention
+    from stm3_lightning.profiling import count_flops, scale_attention_flops
+
+    att = CausalScaleAttention(4)
+    g = torch.randn(10, 4, 4, requires_grad=True)
+    count = count_flops(lambda: att(g).sum().backward(), att, backward=True)
+    if att._use_kernel(g):
+        assert count.attention == scale_attention_flops(10, 4, 4, backward=True)
+    else:  # reference path: FlopCounterMode sees its matmuls
+        assert count.attention == 0 and count.counted > 0

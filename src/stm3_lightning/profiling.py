@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stm3_lightning.models.stm3.causal_conv import cpu_conv_kernel_available
 from stm3_lightning.models.stm3.mamba import MultiscaleMamba
+from stm3_lightning.models.stm3.scale_attention import CausalScaleAttention
 from stm3_lightning.models.stm3.scan import resolve_backend
 
 SCAN_FWD_PER_STATE, SCAN_BWD_PER_STATE = 7, 22
@@ -47,6 +48,13 @@ def causal_conv_flops(rows: int, channels: int, length: int, kernel: int, backwa
     return rows * channels * length * per_out
 
 
+def scale_attention_flops(rows: int, dim: int, scales: int, backward: bool = True) -> int:
+    """FLOPs of causal scale attention over g: [rows, D, Q]: q/k/v/out projections (4 x 2 D^2 Q), scores and value
+    mixing (2 x 2 Q^2 D), softmax (~5 Q^2); the backward is counted as twice the forward."""
+    forward = 8 * dim * dim * scales + 4 * scales * scales * dim + 5 * scales * scales
+    return rows * forward * (3 if backward else 1)
+
+
 def conv_runs_in_kernel(backend: str, x: Tensor) -> bool:
     """Whether a causal conv on ``x`` with scan ``backend`` runs in the compiled CPU kernel, which
     FlopCounterMode cannot see (elsewhere it is an ``F.conv1d`` that it counts)."""
@@ -62,10 +70,11 @@ class FlopCount:
     counted: int = 0
     scan: int = 0
     causal_conv: int = 0
+    attention: int = 0
 
     @property
     def total(self) -> int:
-        return self.counted + self.scan + self.causal_conv
+        return self.counted + self.scan + self.causal_conv + self.attention
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -73,6 +82,7 @@ class FlopCount:
             "counted": self.counted,
             "scan": self.scan,
             "causal_conv": self.causal_conv,
+            "attention": self.attention,
         }
 
 
@@ -88,7 +98,17 @@ def analytic_mamba_flops(root: nn.Module, count: FlopCount, backward: bool) -> I
             kernel = module.conv1d.kernel_size[0]
             count.causal_conv += causal_conv_flops(rows, module.d_inner, length, kernel, backward)
 
+    def attention_hook(module: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> None:
+        assert isinstance(module, CausalScaleAttention)
+        g = args[0]
+        if module._use_kernel(g):  # the fused CPU kernel is invisible to FlopCounterMode
+            dim, scales = g.shape[-2:]
+            count.attention += scale_attention_flops(g.numel() // (dim * scales), dim, scales, backward)
+
     handles = [m.register_forward_hook(hook) for m in root.modules() if isinstance(m, MultiscaleMamba)]
+    handles += [
+        m.register_forward_hook(attention_hook) for m in root.modules() if isinstance(m, CausalScaleAttention)
+    ]
     try:
         yield
     finally:
@@ -125,4 +145,9 @@ def train_flops_per_sample(model: nn.Module, x: Tensor) -> FlopCount:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     b = x.shape[0]
-    return FlopCount(counted=total.counted // b, scan=total.scan // b, causal_conv=total.causal_conv // b)
+    return FlopCount(
+        counted=total.counted // b,
+        scan=total.scan // b,
+        causal_conv=total.causal_conv // b,
+        attention=total.attention // b,
+    )

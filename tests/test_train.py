@@ -67,7 +67,10 @@ def test_default_run_dir_layout(tmp_path: Path) -> None:
 
 
 def test_summary_prints_params(capsys: pytest.CaptureFixture) -> None:
-    assert main(["summary", "model=linear", "data.synthetic.num_nodes=5", "data.input_len=6", "data.horizon=3"]) == 0
+    assert (
+        main(["summary", "model=linear", "data.synthetic.num_nodes=5", "data.input_len=6", "data.horizon=3"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "params: 105" in out  # 5 nodes x (6x3 weights + 3 biases)
 
@@ -75,8 +78,14 @@ def test_summary_prints_params(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.slow
 def test_fast_dev_run_pems08(real_data_dir: Path, tmp_path: Path) -> None:
     cfg = compose(
-        ["data=pems08", "model=linear", "trainer.fast_dev_run=true", "callbacks.progress_bar=none",
-         f"paths.data_dir={real_data_dir}", f"paths.output_dir={tmp_path}"]
+        [
+            "data=pems08",
+            "model=linear",
+            "trainer.fast_dev_run=true",
+            "callbacks.progress_bar=none",
+            f"paths.data_dir={real_data_dir}",
+            f"paths.output_dir={tmp_path}",
+        ]
     )
     assert train(cfg)["overall"]["mae"] > 0
 
@@ -90,7 +99,11 @@ def test_make_train_pems08_smoke(real_data_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "STM3_DATA_DIR": str(real_data_dir), "WANDB_MODE": "offline"}
     env.pop("STM3_RUN_DIR", None)
     proc = subprocess.run(
-        ["make", "-s", "train", "DATA=pems08", f"ARGS={args}"], cwd=REPO, env=env, capture_output=True, text=True,
+        ["make", "-s", "train", "DATA=pems08", f"ARGS={args}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

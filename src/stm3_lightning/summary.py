@@ -31,7 +31,9 @@ def scan_backend_line(cfg: DictConfig) -> str:
         return "scan backend: n/a (model has no selective scan)"
     from stm3_lightning.models.stm3.scan import resolve_backend
 
-    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    device = torch.device(
+        "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    )
     return f"scan backend: {resolve_backend(requested, device)} (requested {requested}, device {device.type})"
 
 

@@ -9,7 +9,9 @@ import torch
 from stm3_lightning.metrics.forecasting import ForecastMetrics
 
 
-def _np_metrics(pred: np.ndarray, true: np.ndarray, protocol: str, null_val: float, eps: float = 1e-3) -> dict:
+def _np_metrics(
+    pred: np.ndarray, true: np.ndarray, protocol: str, null_val: float, eps: float = 1e-3
+) -> dict:
     if protocol == "official":
         mask = np.ones_like(true, dtype=bool)
         mape_mask = true > 0

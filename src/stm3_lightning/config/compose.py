@@ -87,7 +87,10 @@ def _group_file(group: str, name: str) -> Path:
 
 
 def _experiment_file(name: str) -> Path:
-    for path in (config_dir() / "experiment" / f"{name}.yaml", project_root() / "experiments" / f"{name}.yaml"):
+    for path in (
+        config_dir() / "experiment" / f"{name}.yaml",
+        project_root() / "experiments" / f"{name}.yaml",
+    ):
         if path.is_file():
             return path
     candidate = Path(name)
@@ -103,7 +106,9 @@ def _split_args(args: list[str]) -> tuple[dict[str, str], str | None, list[str]]
     dotlist: list[str] = []
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"Argument '{arg}' is not of the form key=value; write e.g. trainer.max_epochs=5.")
+            raise ConfigError(
+                f"Argument '{arg}' is not of the form key=value; write e.g. trainer.max_epochs=5."
+            )
         key, value = arg.split("=", 1)
         if key in GROUPS:
             choices[key] = value
@@ -194,7 +199,9 @@ def compose(args: list[str] | None = None) -> DictConfig:
     group_choice.update(choices)
     unknown_groups = set(group_choice) - set(GROUPS)
     if unknown_groups:
-        raise ConfigError(f"Unknown config group(s) {sorted(unknown_groups)}; groups are {', '.join(GROUPS)}.")
+        raise ConfigError(
+            f"Unknown config group(s) {sorted(unknown_groups)}; groups are {', '.join(GROUPS)}."
+        )
 
     cfg = _schema_with_model(group_choice["model"])
     cfg = _merge(cfg, root_cfg, "configs/config.yaml")
@@ -232,7 +239,9 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError("data.input_len and data.horizon must be positive integers.")
     ratios = list(data.split.ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ConfigError(f"data.split.ratios must be three non-negative fractions summing to 1, got {ratios}.")
+        raise ConfigError(
+            f"data.split.ratios must be three non-negative fractions summing to 1, got {ratios}."
+        )
     if data.split.mode == "borders" and len(data.split.borders) != 3:
         raise ConfigError("data.split.mode=borders needs data.split.borders=[train_end,val_end,test_end].")
     if data.batch_size < 1 or data.eval_batch_size < 1:

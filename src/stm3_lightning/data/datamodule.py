@@ -101,7 +101,14 @@ class SpatioTemporalDataModule(L.LightningDataModule):
             for name, seg in self.segments.items()
         }
         counts = ", ".join(f"{n}={self.segments[n].num_windows}" for n in SPLIT_NAMES)
-        log.info("%s: %d steps x %d nodes, %s split, windows: %s", cfg.name, total, self.num_nodes, cfg.split.mode, counts)
+        log.info(
+            "%s: %d steps x %d nodes, %s split, windows: %s",
+            cfg.name,
+            total,
+            self.num_nodes,
+            cfg.split.mode,
+            counts,
+        )
 
     @property
     def window_counts(self) -> dict[str, int]:
@@ -131,10 +138,14 @@ class SpatioTemporalDataModule(L.LightningDataModule):
         if world == 1:
             return None
         if split == "train":
-            return DistributedSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=0)
+            return DistributedSampler(
+                self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=0
+            )
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=False)
+        return UnrepeatedDistributedSampler(
+            self.datasets[split], num_replicas=world, rank=rank, shuffle=False
+        )
 
     def _loader(self, split: str) -> DataLoader:
         world, _ = self._world()

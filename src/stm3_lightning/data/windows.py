@@ -44,7 +44,9 @@ class WindowDataset(Dataset):
         if not 0 <= i < self.size:
             raise IndexError(f"window {i} out of range for a split of {self.size} windows")
         s = self.first + i
-        return self.inputs[s : s + self.input_len], self.targets[s + self.input_len : s + self.input_len + self.horizon]
+        return self.inputs[s : s + self.input_len], self.targets[
+            s + self.input_len : s + self.input_len + self.horizon
+        ]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``x: [b, L, N, C]``, ``y: [b, H, N, 1]`` for window ``indices``."""

@@ -8,11 +8,9 @@ Seasonal naive needs a full day of input, so it runs with ``input_len = steps_pe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from stm3_lightning.config.compose import compose
-from stm3_lightning.rundir import RUN_DIR_ENV
 
 SETTINGS: tuple[tuple[int, int], ...] = ((12, 12), (96, 96))
 MODELS: tuple[str, ...] = ("persistence", "seasonal_naive", "linear")
@@ -26,7 +24,6 @@ def run_one(model: str, input_len: int, horizon: int, protocol: str, root: Path,
     run_dir = root / f"{model}_{input_len}_{horizon}_{protocol}"
     metrics = run_dir / "test_metrics.json"
     if not metrics.is_file():
-        os.environ.pop(RUN_DIR_ENV, None)
         cfg = compose(
             [
                 f"model={model}",

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("WANDB_MODE", "disabled")
+# Forced, not defaulted: CI exports WANDB_MODE=offline, and background W&B processes of one test must not write
+# into files another test snapshots. Tests that exercise W&B set the mode themselves.
+os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -82,7 +82,11 @@ def _negative_logits(
     neg_scale = torch.randint(0, num_scales, (n, num_negatives), generator=generator)
     rows = others[pick.to(others.device)]
     experts = neg_expert.to(rows.device) if variant == "released" else own_expert[rows]
-    features = reps[rows, experts, neg_scale.to(rows.device)]  # [n, K, D]
+    # A flat index_select, not reps[rows, experts, scales]: advanced indexing's backward is index_put_ with
+    # accumulate=True, whose CPU kernel adds duplicate indices in thread-timing order (same seed, different bits).
+    # index_select's backward is index_add_, which adds them in index order.
+    flat = (rows * num_experts + experts) * num_scales + neg_scale.to(rows.device)
+    features = reps.flatten(0, 2).index_select(0, flat.flatten()).view(n, -1, reps.shape[-1])  # [n, K, D]
     return samples @ features.transpose(1, 2) / temperature
 
 

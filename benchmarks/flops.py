@@ -4,7 +4,7 @@ Each part (embedding, AGCCN and its graph conv / scale attention, the mixture an
 projections, multiscale convs, causal conv and selective scan, head, contrastive loss, optimizer) is recorded
 during one real training forward with its actual inputs (same shapes and memory layouts), then re-run in
 isolation, forward + backward, for FLOPs (``FlopCounterMode`` + analytic scan/conv, see
-:mod:`stm3_lightning.profiling`) and median time. "rest" rows are the parent's time minus its measured children.
+:mod:`benchmarks.profiling`) and median time. "rest" rows are the parent's time minus its measured children.
 
     python -m benchmarks.flops                 # PEMSD8 96 -> 96 paper configuration, batch 8, ~1-2 minutes
     python -m benchmarks.flops --batch 64      # the training batch (needs several GB)
@@ -38,10 +38,7 @@ from benchmarks.common import (
     stm3_info,
     write_json,
 )
-from stm3_lightning.models.stm3 import mamba as mamba_module
-from stm3_lightning.models.stm3.moe import MoEOutput
-from stm3_lightning.models.stm3.router import Routing
-from stm3_lightning.profiling import (
+from benchmarks.profiling import (
     FlopCount,
     causal_conv_flops,
     conv_runs_in_kernel,
@@ -49,6 +46,9 @@ from stm3_lightning.profiling import (
     selective_scan_flops,
     train_flops_per_sample,
 )
+from stm3_lightning.models.stm3 import mamba as mamba_module
+from stm3_lightning.models.stm3.moe import MoEOutput
+from stm3_lightning.models.stm3.router import Routing
 
 # Part tree: name -> parent ("" for top level). Top-level parts add up to the step (plus "rest").
 TREE: dict[str, str] = {

@@ -34,15 +34,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from stm3_lightning.builders import (
+from stm3_lightning.callbacks.analysis import FixedBatchAnalysisCallback, eval_mode
+from stm3_lightning.callbacks.figure_sink import log_figures
+from stm3_lightning.config.compose import compose
+from stm3_lightning.run.builders import (
     build_analysis_callbacks,
     build_datamodule,
     build_forecaster,
     build_trainer,
 )
-from stm3_lightning.callbacks.analysis import FixedBatchAnalysisCallback, eval_mode
-from stm3_lightning.callbacks.figure_sink import log_figures
-from stm3_lightning.config.compose import compose
 
 TARGET_PCT = 5.0
 RESULTS = Path(__file__).resolve().parent / "results" / "instrumentation.json"

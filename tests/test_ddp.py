@@ -22,9 +22,9 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from torch.utils.data import DistributedSampler, Sampler
 
-from stm3_lightning.builders import build_datamodule, build_forecaster
 from stm3_lightning.config.compose import compose
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
+from stm3_lightning.run.builders import build_datamodule, build_forecaster
 
 TINY = [
     "model=linear",

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from stm3_lightning import rundir
 from stm3_lightning.cli import main
 from stm3_lightning.data.registry import DATASETS
+from stm3_lightning.run import rundir
 
 QUICK = [
     "model=linear",

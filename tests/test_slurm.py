@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from stm3_lightning.config.compose import compose
-from stm3_lightning.resume import train_config
+from stm3_lightning.run.resume import train_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "experiments" / "slurm" / "train.sbatch"

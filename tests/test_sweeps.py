@@ -16,9 +16,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from stm3_lightning.ablations import DEFAULT_SEEDS, RUNNER_KEYS, grid_names, parse_request, plan_grid
 from stm3_lightning.cli import COMMANDS
 from stm3_lightning.config.compose import compose
+from stm3_lightning.reporting.ablations import (
+    DEFAULT_SEEDS,
+    RUNNER_KEYS,
+    grid_names,
+    parse_request,
+    plan_grid,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))

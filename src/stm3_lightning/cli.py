@@ -22,8 +22,8 @@ harden_resolvers()
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from stm3_lightning.callbacks.nan_guard import NonFiniteError
-    from stm3_lightning.checkpoints import CheckpointError
     from stm3_lightning.data.errors import DataError
+    from stm3_lightning.run.checkpoints import CheckpointError
 
     return (ConfigError, DataError, NonFiniteError, CheckpointError)
 
@@ -37,8 +37,8 @@ def _preempted_message(exc: BaseException) -> str:
 
 
 def cmd_train(args: list[str]) -> int:
-    from stm3_lightning.resume import train_config
-    from stm3_lightning.train import train
+    from stm3_lightning.run.resume import train_config
+    from stm3_lightning.run.train import train
 
     results = train(train_config(args))
     overall = results.get("overall", {})
@@ -47,7 +47,7 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from stm3_lightning.train import evaluate
+    from stm3_lightning.run.train import evaluate
 
     ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), "")
     if not ckpt:
@@ -55,7 +55,7 @@ def cmd_eval(args: list[str]) -> int:
             "stm3 eval needs ckpt=<path to a .ckpt file>, e.g. make eval CKPT=outputs/.../last.ckpt."
         )
     rest = [a for a in args if not a.startswith("ckpt=")]
-    from stm3_lightning.evaluation import config_for_checkpoint
+    from stm3_lightning.run.evaluation import config_for_checkpoint
 
     cfg, run_dir = config_for_checkpoint(ckpt, rest)
     results = evaluate(cfg, ckpt, run_dir)
@@ -64,7 +64,7 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_summary(args: list[str]) -> int:
-    from stm3_lightning.summary import summarize
+    from stm3_lightning.reporting.summary import summarize
 
     print(summarize(compose(args)))
     return 0
@@ -79,7 +79,7 @@ def cmd_datasets(args: list[str]) -> int:
 
 
 def cmd_baselines(args: list[str]) -> int:
-    from stm3_lightning.baselines_table import baselines_table
+    from stm3_lightning.reporting.baselines_table import baselines_table
 
     print(baselines_table(args))
     return 0
@@ -89,7 +89,7 @@ def cmd_report(args: list[str]) -> int:
     """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report]``: ablation table and plots."""
     from pathlib import Path
 
-    from stm3_lightning.report import collect, write_report
+    from stm3_lightning.reporting.report import collect, write_report
 
     values = dict(a.split("=", 1) for a in args if "=" in a)
     unknown = sorted(set(values) - {"runs", "out"} | {a for a in args if "=" not in a})
@@ -105,7 +105,7 @@ def cmd_report(args: list[str]) -> int:
 
 def cmd_ablations(args: list[str]) -> int:
     """``stm3 ablations [data=..] [ablation=a,b] [seed=k|seeds=1,2,3] [dry_run=true] [overrides]``: the grid."""
-    from stm3_lightning.ablations import parse_request, plan_grid, run_grid
+    from stm3_lightning.reporting.ablations import parse_request, plan_grid, run_grid
 
     request = parse_request(args)
     outcome = run_grid(plan_grid(request), dry_run=request.dry_run)

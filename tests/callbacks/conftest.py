@@ -43,7 +43,7 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 def run_training(output_dir: Path, args: list[str], wandb_mode: str = "disabled") -> Path:
     """Train with ``args`` into ``output_dir`` (W&B in ``wandb_mode``) and return the run directory."""
-    from stm3_lightning.train import train
+    from stm3_lightning.run.train import train
 
     saved = {key: os.environ.get(key) for key in ("WANDB_MODE", "STM3_RUN_DIR")}
     os.environ["WANDB_MODE"] = wandb_mode

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.report_runs import (
+from stm3_lightning.reporting.report_runs import (
     OVERALL_METRICS,
     RunRecord,
     final_values,

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.schema import WandbConfig
-from stm3_lightning.loggers import (
+from stm3_lightning.run.loggers import (
     ContinuedCSVLogger,
     previous_wandb_id,
     resolve_wandb_mode,
@@ -110,7 +110,7 @@ def test_rejected_api_key_trains_offline(
 ) -> None:
     online_env.setenv("WANDB_BASE_URL", unauthorized_server)
     assert wandb_reachable()  # the server answers, so only wandb.init can find out the key is bad
-    with caplog.at_level("WARNING", logger="stm3_lightning.loggers"):
+    with caplog.at_level("WARNING", logger="stm3_lightning.run.loggers"):
         code, elapsed, out = run_online(tmp_path)
     assert "could not start an online run" in caplog.text
     assert code == 0 and (out / "test_metrics.json").is_file()
@@ -169,7 +169,7 @@ def test_resumed_csv_keeps_history_up_to_the_checkpoint(tmp_path: Path) -> None:
 
 def test_config_reaches_wandb_resolved(online_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The offline logger receives the resolved config (no interpolation strings)."""
-    from stm3_lightning.loggers import build_wandb_logger
+    from stm3_lightning.run.loggers import build_wandb_logger
 
     online_env.setenv("WANDB_MODE", "offline")
     cfg = OmegaConf.create(
@@ -185,7 +185,7 @@ def test_config_reaches_wandb_resolved(online_env: pytest.MonkeyPatch, tmp_path:
 
 
 def test_resumed_run_continues_its_wandb_run(online_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from stm3_lightning.loggers import build_wandb_logger
+    from stm3_lightning.run.loggers import build_wandb_logger
 
     online_env.setenv("WANDB_MODE", "offline")
     (tmp_path / "wandb" / "offline-run-20250101_120000-abc123").mkdir(parents=True)

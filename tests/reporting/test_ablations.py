@@ -12,7 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from stm3_lightning.ablations import (
+from stm3_lightning.config.compose import ConfigError, compose
+from stm3_lightning.models.registry import build_model
+from stm3_lightning.reporting.ablations import (
     BASELINE,
     Cell,
     available_ablations,
@@ -24,11 +26,9 @@ from stm3_lightning.ablations import (
     render_value,
     run_grid,
 )
-from stm3_lightning.config.compose import ConfigError, compose
-from stm3_lightning.models.registry import build_model
-from stm3_lightning.summary import data_info
+from stm3_lightning.reporting.summary import data_info
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Keys a cell sets besides its switch (identity of the run, not of the configuration).
 RUN_KEYS = {"seed", "paths.output_dir", "logger.wandb.group", "logger.wandb.name"}
 

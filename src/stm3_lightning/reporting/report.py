@@ -1,7 +1,7 @@
 """``stm3 report``: finished runs -> ``report/ablations.md`` (mean ± std over seeds) and PNG plots.
 
-Runs come from local run folders (:mod:`stm3_lightning.report_runs`) or a W&B project
-(:mod:`stm3_lightning.report_wandb`). Within each section (dataset, input -> horizon, protocol) the runs of one group
+Runs come from local run folders (:mod:`stm3_lightning.reporting.report_runs`) or a W&B project
+(:mod:`stm3_lightning.reporting.report_wandb`). Within each section (dataset, input -> horizon, protocol) the runs of one group
 (variant) are averaged: mean and *sample* standard deviation (ddof = 1) over runs, so ``n = 1`` shows no ±.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stm3_lightning.ablations import BASELINE
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.report_runs import RunRecord, collect_local, is_analysis_metric
+from stm3_lightning.reporting.ablations import BASELINE
+from stm3_lightning.reporting.report_runs import RunRecord, collect_local, is_analysis_metric
 
 # Table columns: metric key, header, scale (MAPE fraction -> %).
 TABLE_METRICS: tuple[tuple[str, str, float], ...] = (
@@ -123,7 +123,7 @@ def analysis_table(groups: Mapping[str, Sequence[RunRecord]]) -> list[str]:
 def section_plots(section: str, groups: Mapping[str, Sequence[RunRecord]], out_dir: Path) -> dict[str, Path]:
     """The section's PNGs (bars, per-horizon MAE, analysis metrics over epochs when logged) keyed by kind."""
     from stm3_lightning.analysis.plots import save_figure
-    from stm3_lightning.report_plots import plot_error_bars, plot_histories, plot_horizon_mae
+    from stm3_lightning.reporting.plots import plot_error_bars, plot_histories, plot_horizon_mae
 
     name = slug(section)
     stats = {g: group_stats(runs) for g, runs in groups.items()}
@@ -175,7 +175,7 @@ def render_markdown(
 def collect(source: str) -> list[RunRecord]:
     """Records from ``source``: a folder of runs, or ``wandb:<entity>/<project>``."""
     if source.startswith("wandb:"):
-        from stm3_lightning.report_wandb import collect_wandb
+        from stm3_lightning.reporting.report_wandb import collect_wandb
 
         return collect_wandb(source.removeprefix("wandb:"))
     return collect_local(Path(source))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from stm3_lightning import rundir
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.rundir import (
+from stm3_lightning.run import rundir
+from stm3_lightning.run.rundir import (
     RUN_DIR_ENV,
     check_writable,
     claim_run_dir,
@@ -132,7 +132,7 @@ def test_claim_subdir_never_reuses(tmp_path: Path) -> None:
 
 def test_cluster_rank_above_zero_reuses_rank0_folder(tmp_path, monkeypatch) -> None:
     from stm3_lightning.config.compose import compose
-    from stm3_lightning.rundir import is_worker_process, plan_run_dir
+    from stm3_lightning.run.rundir import is_worker_process, plan_run_dir
 
     run = tmp_path / "run"
     run.mkdir()

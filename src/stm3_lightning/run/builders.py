@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
 from stm3_lightning.callbacks.rng_state import RngState
-from stm3_lightning.checkpoints import CheckpointMetadata, run_metadata
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.data.resumable import ResumableDataModule
 from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.models.registry import build_model
+from stm3_lightning.run.checkpoints import CheckpointMetadata, run_metadata
 
 
 def build_datamodule(cfg: DictConfig) -> SpatioTemporalDataModule:

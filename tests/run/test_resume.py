@@ -15,12 +15,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from stm3_lightning.checkpoints import CheckpointError
 from stm3_lightning.cli import main
 from stm3_lightning.config.compose import ConfigError, compose
-from stm3_lightning.resume import resolve_ckpt_path, resume_config, train_config
+from stm3_lightning.run.checkpoints import CheckpointError
+from stm3_lightning.run.resume import resolve_ckpt_path, resume_config, train_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # 96 batches per epoch; "best" = the latest epoch (monitor=step), so the test metrics depend on every step.
 RUN = [
     "model=linear",
@@ -41,7 +41,7 @@ STEPS_PER_EPOCH = 96
 KILLER = """
 import os, signal, sys
 from lightning.pytorch.callbacks import Callback
-import stm3_lightning.train as train
+import stm3_lightning.run.train as train
 
 class KillAt(Callback):
     def on_train_batch_end(self, trainer, *args):

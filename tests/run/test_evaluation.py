@@ -10,7 +10,7 @@ import pytest
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.evaluation import config_for_checkpoint, run_dir_of
+from stm3_lightning.run.evaluation import config_for_checkpoint, run_dir_of
 
 RUN = [
     "model=linear",

@@ -19,7 +19,7 @@ PROTOCOLS: tuple[str, ...] = ("official", "masked")
 
 def run_one(model: str, input_len: int, horizon: int, protocol: str, root: Path, extra: list[str]) -> dict:
     """Train/test one baseline (reusing a finished run dir) and return its ``test_metrics.json`` content."""
-    from stm3_lightning.train import train
+    from stm3_lightning.run.train import train
 
     run_dir = root / f"{model}_{input_len}_{horizon}_{protocol}"
     metrics = run_dir / "test_metrics.json"

@@ -15,15 +15,15 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from stm3_lightning.builders import build_callbacks, build_datamodule, build_forecaster, build_trainer
-from stm3_lightning.checkpoints import check_compatible, run_metadata
 from stm3_lightning.config.compose import ConfigError
 from stm3_lightning.config.safety import harden_resolvers
 from stm3_lightning.lit.forecaster import Forecaster
-from stm3_lightning.loggers import build_loggers
-from stm3_lightning.results import plot_horizon_mae, write_predictions, write_test_metrics
-from stm3_lightning.resume import resolve_ckpt_path
-from stm3_lightning.rundir import (
+from stm3_lightning.run.builders import build_callbacks, build_datamodule, build_forecaster, build_trainer
+from stm3_lightning.run.checkpoints import check_compatible, run_metadata
+from stm3_lightning.run.loggers import build_loggers
+from stm3_lightning.run.results import plot_horizon_mae, write_predictions, write_test_metrics
+from stm3_lightning.run.resume import resolve_ckpt_path
+from stm3_lightning.run.rundir import (
     MIN_FREE_BYTES,
     check_writable,
     claim_run_dir,

@@ -12,9 +12,9 @@ import pytest
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.compose import compose
-from stm3_lightning.train import train
+from stm3_lightning.run.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "data.synthetic.num_nodes=6",
     "data.synthetic.num_steps=700",

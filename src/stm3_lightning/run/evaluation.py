@@ -6,9 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from stm3_lightning.checkpoints import CheckpointError
 from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_saved
-from stm3_lightning.rundir import is_run_dir
+from stm3_lightning.run.checkpoints import CheckpointError
+from stm3_lightning.run.rundir import is_run_dir
 
 
 def run_dir_of(ckpt: str | Path) -> Path | None:

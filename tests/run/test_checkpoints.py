@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from stm3_lightning.checkpoints import (
+from stm3_lightning.models.registry import DataInfo
+from stm3_lightning.run.checkpoints import (
     META_KEY,
     CheckpointError,
     CheckpointMetadata,
@@ -18,7 +19,6 @@ from stm3_lightning.checkpoints import (
     load_checkpoint,
     run_metadata,
 )
-from stm3_lightning.models.registry import DataInfo
 
 META = {"model": "linear", "dataset": "synthetic", "num_nodes": 6, "input_len": 12, "horizon": 3}
 

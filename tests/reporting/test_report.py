@@ -1,6 +1,6 @@
 """`stm3 report`: the table values are the means / sample stds of the fixture runs' JSON, plots are written.
 
-The runs of ``tests/fixtures/report_runs.json`` are materialised as run folders; the expected values are computed
+The runs of ``tests/reporting/fixtures/report_runs.json`` are materialised as run folders; the expected values are computed
 here with numpy straight from that JSON and compared with the numbers printed in ``report/ablations.md``.
 """
 
@@ -18,8 +18,8 @@ import yaml
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.report import ANALYSIS_DECIMALS, ERROR_DECIMALS, write_report
-from stm3_lightning.report_runs import collect_local, final_values, history_from_rows, run_group
+from stm3_lightning.reporting.report import ANALYSIS_DECIMALS, ERROR_DECIMALS, write_report
+from stm3_lightning.reporting.report_runs import collect_local, final_values, history_from_rows, run_group
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "report_runs.json").read_text())
 SYNTH = "synthetic 24->4 (official)"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from stm3_lightning.baselines_table import markdown_table
+from stm3_lightning.reporting.baselines_table import markdown_table
 
 
 def test_markdown_table_formats_mape_as_percent() -> None:
@@ -25,7 +25,7 @@ def test_markdown_table_formats_mape_as_percent() -> None:
 
 @pytest.mark.slow
 def test_baselines_table_runs_every_cell(tmp_path: Path) -> None:
-    from stm3_lightning.baselines_table import MODELS, PROTOCOLS, SETTINGS, baselines_table
+    from stm3_lightning.reporting.baselines_table import MODELS, PROTOCOLS, SETTINGS, baselines_table
 
     args = [
         "data=synthetic",

@@ -1,7 +1,7 @@
 """`stm3 report runs=wandb:<entity>/<project>`: W&B API runs become the same records as local run folders.
 
 The W&B API is replaced by objects with the attributes the public API exposes (``config``, ``summary``, ``path``,
-``scan_history()``), built from the same fixture runs as tests/test_report.py.
+``scan_history()``), built from the same fixture runs as tests/reporting/test_report.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from stm3_lightning.config.compose import ConfigError
-from stm3_lightning.report_runs import RunRecord
-from stm3_lightning.report_wandb import collect_wandb
+from stm3_lightning.reporting.report_runs import RunRecord
+from stm3_lightning.reporting.report_wandb import collect_wandb
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "report_runs.json").read_text())
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from stm3_lightning.checkpoints import CheckpointError, last_checkpoint
 from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_saved
-from stm3_lightning.rundir import is_run_dir
+from stm3_lightning.run.checkpoints import CheckpointError, last_checkpoint
+from stm3_lightning.run.rundir import is_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from stm3_lightning.models.registry import DataInfo, build_model
-from stm3_lightning.models.stm3.config import STM3Config
-from stm3_lightning.models.stm3.mamba import MultiscaleMamba
-from stm3_lightning.profiling import (
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.profiling import (  # noqa: E402
     SCAN_BWD_PER_CHANNEL,
     SCAN_BWD_PER_STATE,
     SCAN_FWD_PER_CHANNEL,
@@ -20,6 +23,10 @@ from stm3_lightning.profiling import (
     selective_scan_flops,
     train_flops_per_sample,
 )
+
+from stm3_lightning.models.registry import DataInfo, build_model  # noqa: E402
+from stm3_lightning.models.stm3.config import STM3Config  # noqa: E402
+from stm3_lightning.models.stm3.mamba import MultiscaleMamba  # noqa: E402
 
 
 def test_scan_flops_formula() -> None:
@@ -85,9 +92,9 @@ def _one_thread() -> object:
 
 def test_fused_scale_attention_is_counted_analytically() -> None:
     import torch
+    from benchmarks.profiling import count_flops, scale_attention_flops
 
     from stm3_lightning.models.stm3.scale_attention import CausalScaleAttention
-    from stm3_lightning.profiling import count_flops, scale_attention_flops
 
     att = CausalScaleAttention(4)
     g = torch.randn(10, 4, 4, requires_grad=True)

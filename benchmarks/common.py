@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
 from stm3_lightning.models.stm3.config import STM3Config
+from stm3_lightning.types import DataInfo
 
 RESULTS_DIR = Path("benchmarks/results")
 MIB = 2**20

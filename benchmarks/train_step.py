@@ -51,7 +51,7 @@ from benchmarks.common import (
     timed,
     write_json,
 )
-from stm3_lightning.models.registry import DataInfo
+from stm3_lightning.types import DataInfo
 
 PARITY_ATOL = 1e-5  # predictions and auxiliary losses
 GRAD_RTOL = 1e-4  # max |grad difference| / largest |grad| of the model

@@ -24,9 +24,10 @@ from benchmarks.profiling import (  # noqa: E402
     train_flops_per_sample,
 )
 
-from stm3_lightning.models.registry import DataInfo, build_model  # noqa: E402
+from stm3_lightning.models.registry import build_model  # noqa: E402
 from stm3_lightning.models.stm3.config import STM3Config  # noqa: E402
 from stm3_lightning.models.stm3.mamba import MultiscaleMamba  # noqa: E402
+from stm3_lightning.types import DataInfo  # noqa: E402
 
 
 def test_scan_flops_formula() -> None:

@@ -15,8 +15,9 @@ from torch import nn
 
 from stm3_lightning.config.compose import compose
 from stm3_lightning.config.schema import AnalysisCallbackConfig
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
 from stm3_lightning.models.stm3.config import STM3Config
+from stm3_lightning.types import DataInfo
 
 TINY_DATA = [
     "data.synthetic.num_nodes=6",

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from stm3_lightning.models.baselines import LinearConfig, NodeLinear, Persistence, SeasonalNaive
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
+from stm3_lightning.types import DataInfo
 
 
 def test_persistence_repeats_last_value() -> None:

@@ -9,7 +9,6 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from stm3_lightning.models.registry import DataInfo
 from stm3_lightning.run.checkpoints import (
     META_KEY,
     CheckpointError,
@@ -19,6 +18,7 @@ from stm3_lightning.run.checkpoints import (
     load_checkpoint,
     run_metadata,
 )
+from stm3_lightning.types import DataInfo
 
 META = {"model": "linear", "dataset": "synthetic", "num_nodes": 6, "input_len": 12, "horizon": 3}
 

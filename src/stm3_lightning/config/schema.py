@@ -2,7 +2,7 @@
 
 The YAML groups under ``configs/`` only set values; the fields, their types and their defaults live here, so an
 unknown key or a wrong type fails before any work starts (see :mod:`stm3_lightning.config.compose`).
-Model schemas are registered per model name in :data:`MODEL_SCHEMAS`.
+Each model's own schema (a :class:`~stm3_lightning.types.ModelConfig`) is listed in :mod:`stm3_lightning.models.registry`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
+
+from stm3_lightning.types import ModelConfig
+
+__all__ = ["ModelConfig", "RunConfig"]  # ModelConfig: the base of every model schema, defined in types
 
 
 @dataclass
@@ -199,13 +203,6 @@ class CallbacksConfig:
     nan_guard: bool = True
     routing: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)
     disentanglement: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)
-
-
-@dataclass
-class ModelConfig:
-    """Fields every model shares; each model's own schema extends it (see ``MODEL_SCHEMAS``)."""
-
-    name: str = MISSING
 
 
 @dataclass

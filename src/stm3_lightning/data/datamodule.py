@@ -16,7 +16,7 @@ from stm3_lightning.data.scaler import ScalerError, StandardScaler
 from stm3_lightning.data.splits import SPLIT_NAMES, Segment, SplitError, make_segments, train_rows
 from stm3_lightning.data.synthetic import generate_synthetic
 from stm3_lightning.data.windows import WindowDataset, collate_batch, time_features
-from stm3_lightning.models.registry import DataInfo
+from stm3_lightning.types import DataInfo
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stm3_lightning.config.schema import ModelConfig
-from stm3_lightning.models.registry import DataInfo, register_model
+from stm3_lightning.types import DataInfo, ModelConfig
 
 
 @dataclass
@@ -77,16 +76,13 @@ class NodeLinear(nn.Module):
         return out[..., None], {}
 
 
-@register_model("persistence", PersistenceConfig)
 def build_persistence(cfg: PersistenceConfig, info: DataInfo) -> nn.Module:
     return Persistence(info.horizon)
 
 
-@register_model("seasonal_naive", SeasonalNaiveConfig)
 def build_seasonal_naive(cfg: SeasonalNaiveConfig, info: DataInfo) -> nn.Module:
     return SeasonalNaive(info.input_len, info.horizon, cfg.period or info.period)
 
 
-@register_model("linear", LinearConfig)
 def build_linear(cfg: LinearConfig, info: DataInfo) -> nn.Module:
     return NodeLinear(info.num_nodes, info.input_len, info.horizon, cfg.per_node)

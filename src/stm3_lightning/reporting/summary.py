@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
+from stm3_lightning.types import DataInfo
 
 
 def data_info(cfg: DictConfig) -> DataInfo:

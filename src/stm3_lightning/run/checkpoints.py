@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from torch import nn
 
-from stm3_lightning.models.registry import DataInfo
+from stm3_lightning.types import DataInfo
 
 META_KEY = "stm3"
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from stm3_lightning.models.registry import DataInfo
 from stm3_lightning.models.stm3.config import STM2Config, STM3Config
 from stm3_lightning.models.stm3.network import STM3Network
+from stm3_lightning.types import DataInfo
 
 SMALL_INFO = DataInfo(num_nodes=6, input_len=8, horizon=3)
 SMALL_SIZES = {"hidden_dim": 2, "node_emb_dim": 4, "d_state": 4, "scan_backend": "torch"}

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from stm3_lightning.models.registry import DataInfo, available_models, build_model
+from stm3_lightning.models.registry import available_models, build_model
 from stm3_lightning.models.stm3.config import STM3Config
 from stm3_lightning.models.stm3.network import STM3Network
+from stm3_lightning.types import DataInfo
 
 REPO = Path(__file__).resolve().parents[3]
 WIDE_INFO = DataInfo(num_nodes=16, input_len=8, horizon=3)  # enough nodes for every expert to be routed some

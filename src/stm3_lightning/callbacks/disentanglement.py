@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from stm3_lightning.analysis.disentanglement import mean_offdiagonal, pairwise_cka, summarize_layer
-from stm3_lightning.analysis.plots import plot_similarity_heatmap
 from stm3_lightning.callbacks.analysis import (
     ANALYSIS_SEED,
     Diagnostics,
@@ -20,6 +19,7 @@ from stm3_lightning.callbacks.analysis import (
     layer_keys,
 )
 from stm3_lightning.callbacks.figure_sink import NamedFigure
+from stm3_lightning.plots import plot_similarity_heatmap
 
 # Rows (sample, node) of the fixed batch used for CKA at most; tokens are rows x time steps.
 CKA_MAX_ROWS = 2048

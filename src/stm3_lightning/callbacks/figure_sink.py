@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +9,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
-from PIL import Image
 
-from stm3_lightning.analysis.plots import save_figure
+from stm3_lightning.plots import figure_image, save_figure
 
 PLOTS_DIR = "plots"
 
@@ -42,16 +40,6 @@ def active_wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
         for lg in trainer.loggers
         if isinstance(lg, WandbLogger) and not getattr(lg.experiment, "disabled", False)
     ]
-
-
-def figure_image(fig: Figure, dpi: int = 100) -> Image.Image:
-    """Render ``fig`` with the Agg canvas to an in-memory RGBA PIL image."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    buf.seek(0)
-    image = Image.open(buf)
-    image.load()
-    return image
 
 
 def log_figures(trainer: L.Trainer, run_dir: Path, figures: Sequence[NamedFigure], epoch: int) -> None:

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stm3_lightning.analysis.disentanglement import summarize_layer
-from stm3_lightning.analysis.plots import plot_assignment_map, plot_expert_load, plot_routing_history
 from stm3_lightning.analysis.routing import expert_load, input_sensitivity
 from stm3_lightning.callbacks.analysis import (
     ANALYSIS_SEED,
@@ -28,6 +27,7 @@ from stm3_lightning.callbacks.analysis import (
 )
 from stm3_lightning.callbacks.figure_sink import NamedFigure
 from stm3_lightning.config.schema import AnalysisCallbackConfig
+from stm3_lightning.plots import plot_assignment_map, plot_expert_load, plot_routing_history
 
 # Change metrics kept over epochs for the ``change`` figure, with their legend labels.
 HISTORY_LABELS = {

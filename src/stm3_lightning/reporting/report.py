@@ -122,8 +122,7 @@ def analysis_table(groups: Mapping[str, Sequence[RunRecord]]) -> list[str]:
 
 def section_plots(section: str, groups: Mapping[str, Sequence[RunRecord]], out_dir: Path) -> dict[str, Path]:
     """The section's PNGs (bars, per-horizon MAE, analysis metrics over epochs when logged) keyed by kind."""
-    from stm3_lightning.analysis.plots import save_figure
-    from stm3_lightning.reporting.plots import plot_error_bars, plot_histories, plot_horizon_mae
+    from stm3_lightning.plots import plot_error_bars, plot_histories, plot_horizon_mae, save_figure
 
     name = slug(section)
     stats = {g: group_stats(runs) for g, runs in groups.items()}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stm3_lightning.plots import plot_horizon_mae, save_figure
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
@@ -34,23 +36,10 @@ def write_predictions(run_dir: Path, outputs: list[tuple[np.ndarray, np.ndarray]
     return path
 
 
-def plot_horizon_mae(per_step: dict[str, list[float]], path: Path, title: str) -> Path:
-    """PNG of the test MAE (and RMSE) at every forecast step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def write_horizon_plot(run_dir: Path, per_step: dict[str, list[float]], title: str) -> Path:
+    """``<run_dir>/horizon_mae.png``: the test MAE and RMSE at every forecast step."""
     steps = np.arange(1, len(per_step["mae"]) + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, per_step["mae"], marker="o", ms=2, label="MAE")
-    ax.plot(steps, per_step["rmse"], marker="s", ms=2, label="RMSE", alpha=0.7)
-    ax.set_xlabel("forecast step")
-    ax.set_ylabel("error")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    curves = {name.upper(): (steps, np.asarray(per_step[name]), None) for name in ("mae", "rmse")}
+    return save_figure(
+        plot_horizon_mae(curves, title, ylabel="test error"), run_dir / "horizon_mae.png", dpi=120
+    )

@@ -21,7 +21,7 @@ from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.run.builders import build_callbacks, build_datamodule, build_forecaster, build_trainer
 from stm3_lightning.run.checkpoints import check_compatible, run_metadata
 from stm3_lightning.run.loggers import build_loggers
-from stm3_lightning.run.results import plot_horizon_mae, write_predictions, write_test_metrics
+from stm3_lightning.run.results import write_horizon_plot, write_predictions, write_test_metrics
 from stm3_lightning.run.resume import resolve_ckpt_path
 from stm3_lightning.run.rundir import (
     MIN_FREE_BYTES,
@@ -58,7 +58,7 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
             write_predictions(run_dir, module.test_outputs)
         if cfg.callbacks.plots:
             title = f"{cfg.data.name} {cfg.model.name} {cfg.data.input_len}->{cfg.data.horizon}"
-            plot_horizon_mae(results["per_step"], run_dir / "horizon_mae.png", title)
+            write_horizon_plot(run_dir, results["per_step"], title)
     return results
 
 

@@ -1,22 +1,30 @@
-"""Figures for routing and disentanglement diagnostics.
+"""Every figure the project draws: routing/disentanglement diagnostics, a run's per-step errors, the ablation
+report's comparisons.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, never through pyplot, so no GUI backend is
 touched, nothing is kept in a global figure registry, and PNGs are rendered by the Agg canvas. Each
-``plot_*`` function returns the Figure (loggable, e.g., with ``wandb.Image(fig)``); ``save_figure`` writes
-a PNG.
+``plot_*`` function returns the Figure; :func:`save_figure` writes a PNG, :func:`figure_image` renders it for
+``wandb.Image``. A *curve* is ``(x: [T], mean: [T], std: [T] or None)``, e.g. over the runs of one variant.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
-import matplotlib.ticker
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 from torch import Tensor
+
+Curve = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def _expert_cmap(num_experts: int) -> Colormap:
@@ -56,7 +64,7 @@ def plot_assignment_map(
         )
         ax.set_xlabel("node")
         if values.ndim == 2:
-            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("row")
         else:
             ax.set_yticks([])
@@ -126,11 +134,85 @@ def plot_routing_history(
     ax = fig.add_subplot()
     for name, values in history.items():
         ax.plot(steps, list(values), marker="o", markersize=3, label=name)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("value")
     ax.legend()
     ax.set_title(title)
+    return fig
+
+
+class _MeanStd(Protocol):
+    mean: float
+    std: float
+
+
+def plot_error_bars(
+    stats: Mapping[str, Mapping[str, _MeanStd]], metrics: Sequence[tuple[str, str, float]], title: str
+) -> Figure:
+    """One panel per metric ``(key, label, scale)``, one bar per variant, error bars = std over seeds."""
+    groups = list(stats)
+    fig = Figure(
+        figsize=(max(6.0, 1.6 * len(metrics) + 0.45 * len(groups) * len(metrics)), 3.8), layout="constrained"
+    )
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    x = np.arange(len(groups))
+    for ax, (key, label, scale) in zip(axes, metrics, strict=True):
+        means = [stats[g][key].mean * scale if key in stats[g] else math.nan for g in groups]
+        stds = [stats[g][key].std * scale if key in stats[g] else math.nan for g in groups]
+        ax.bar(x, means, yerr=np.nan_to_num(stds), capsize=3, color="tab:blue", alpha=0.8)
+        finite = [m for m in means if math.isfinite(m)]
+        if finite:
+            low, high = min(finite), max(finite)
+            pad = 0.5 * (high - low) + 0.05 * abs(high)
+            ax.set_ylim(max(0.0, low - pad), high + pad + np.nanmax(np.nan_to_num(stds)))
+        ax.set_xticks(x, groups, rotation=45, ha="right", fontsize=8)
+        ax.set_title(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def _draw_curves(ax: Axes, curves: Mapping[str, Curve]) -> None:
+    """One line per curve, shaded ± std where the curve has one."""
+    for label, (x, mean, std) in curves.items():
+        ax.plot(x, mean, marker="o", markersize=2, label=label)
+        if std is not None:
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+
+
+def plot_horizon_mae(curves: Mapping[str, Curve], title: str, ylabel: str = "test MAE") -> Figure:
+    """Test error at each forecast step, one line per curve: the variants of a report (± std over seeds) or
+    the MAE and RMSE of one run."""
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    _draw_curves(ax, curves)
+    ax.set_xlabel("forecast step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_histories(histories: Mapping[str, Mapping[str, Curve]], title: str, ncols: int = 3) -> Figure:
+    """One panel per routing/disentanglement metric: its value over epochs, one line per variant (± std)."""
+    names = list(histories)
+    cols = min(ncols, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        _draw_curves(ax, histories[name])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
     return fig
 
 
@@ -140,3 +222,13 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=dpi)
     return out
+
+
+def figure_image(fig: Figure, dpi: int = 100) -> Image.Image:
+    """Render ``fig`` with the Agg canvas to an in-memory RGBA PIL image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    image = Image.open(buf)
+    image.load()
+    return image

@@ -1,14 +1,20 @@
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from stm3_lightning.analysis.plots import (
+from stm3_lightning.plots import (
+    figure_image,
     plot_assignment_map,
+    plot_error_bars,
     plot_expert_load,
+    plot_histories,
+    plot_horizon_mae,
     plot_routing_history,
     plot_similarity_heatmap,
     save_figure,
@@ -17,6 +23,8 @@ from stm3_lightning.analysis.plots import (
 _GEN = torch.Generator().manual_seed(0)
 _ASSIGN = torch.randint(4, (170,), generator=_GEN)
 _COORDS = torch.randn(170, 2, generator=_GEN)
+_STEPS = np.arange(1, 13)
+_CURVE = (_STEPS, np.linspace(10.0, 20.0, 12), np.full(12, 0.5))
 _BUILDERS: dict[str, Callable[[], Figure]] = {
     "assign_grid": lambda: plot_assignment_map(torch.stack([_ASSIGN, _ASSIGN.roll(3)]), num_experts=4),
     "assign_scatter": lambda: plot_assignment_map(_ASSIGN, 4, coords=_COORDS),
@@ -24,6 +32,17 @@ _BUILDERS: dict[str, Callable[[], Figure]] = {
     "heatmap": lambda: plot_similarity_heatmap(torch.tensor([[1.0, 0.2], [0.2, float("nan")]])),
     "history": lambda: plot_routing_history(
         {"routing/flip_rate": [0.3, 0.1, 0.0], "routing/tv": [0.2, 0.05, 0.01]}, epochs=[1, 2, 3]
+    ),
+    "bars": lambda: plot_error_bars(
+        {g: {"mae": SimpleNamespace(mean=m, std=0.3)} for g, m in (("full", 14.0), ("no_agccn", 15.5))},
+        [("mae", "MAE", 1.0)],
+        "bars",
+    ),
+    "report_horizon": lambda: plot_horizon_mae(
+        {"full": _CURVE, "stm2": (_STEPS, _CURVE[1] + 1.0, None)}, "h"
+    ),
+    "histories": lambda: plot_histories(
+        {"routing/tv": {"full": _CURVE}, "disent/cka": {"full": _CURVE}}, "h"
     ),
 }
 
@@ -45,3 +64,9 @@ def test_plot_inputs_are_validated() -> None:
         plot_similarity_heatmap(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="same length"):
         plot_routing_history({"a": [1.0, 2.0], "b": [1.0]})
+
+
+def test_figure_image_renders_at_the_requested_size() -> None:
+    fig = Figure(figsize=(4, 3))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    assert figure_image(fig, dpi=50).size == (200, 150)

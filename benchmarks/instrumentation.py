@@ -139,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         cfg = compose(run_overrides(args, run_dir))
         L.seed_everything(cfg.seed)
         dm = build_datamodule(cfg)
-        module = build_forecaster(cfg, dm)
+        module = build_forecaster(cfg, dm.info)
         analysis = build_analysis_callbacks(cfg, run_dir)
         hook_s: dict[str, list[float]] = {cb.family: [] for cb in analysis}
         for cb in analysis:

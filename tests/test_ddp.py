@@ -67,7 +67,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, Pa
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     trainer = make_trainer(1, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
-    trainer.fit(build_forecaster(cfg, dm), datamodule=dm)
+    trainer.fit(build_forecaster(cfg, dm.info), datamodule=dm)
     path = tmp_path_factory.mktemp("ddp") / "tiny.ckpt"
     trainer.save_checkpoint(path)
     return cfg, path
@@ -88,7 +88,7 @@ def evaluate(
 ) -> tuple[dict[str, float], int]:
     """Logged metrics of ``trainer.<stage>`` on ``devices`` processes, and the number of windows evaluated."""
     dm = make_dm(cfg)
-    module = build_forecaster(cfg, dm)  # fresh module and metric states for every run
+    module = build_forecaster(cfg, dm.info)  # fresh module and metric states for every run
     run = getattr(make_trainer(devices), stage)
     logged = run(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=True, verbose=False)[0]
     split = "val" if stage == "validate" else "test"
@@ -152,7 +152,7 @@ def test_global_batch_size_is_split_across_processes(tmp_path: Path) -> None:
         num_sanity_val_steps=0,
         callbacks=[RecordBatchSizes(tmp_path)],
     )
-    trainer.fit(build_forecaster(cfg, dm), datamodule=dm)
+    trainer.fit(build_forecaster(cfg, dm.info), datamodule=dm)
     for rank in (0, 1):
         lines = (tmp_path / f"rank{rank}.txt").read_text().split("\n")
         assert lines[:3] == ["train 16", "train 16", "val 32"]

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from stm3_lightning.cli import main
-from stm3_lightning.data.registry import DATASETS
+from stm3_lightning.data.catalogue import DATASETS
 from stm3_lightning.run import rundir
 
 QUICK = [

@@ -71,7 +71,7 @@ def cmd_summary(args: list[str]) -> int:
 
 
 def cmd_datasets(args: list[str]) -> int:
-    from stm3_lightning.data.registry import datasets_table
+    from stm3_lightning.data.catalogue import datasets_table
 
     data_dir = os.environ.get("STM3_DATA_DIR", "./data")
     print(datasets_table(data_dir))

@@ -51,7 +51,7 @@ def test_nan_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
     values = np.abs(np.random.default_rng(0).normal(size=(600, 3))).astype(np.float32) + 1
     values[100, 1] = np.nan
-    monkeypatch.setattr(datamodule, "load_values", lambda cfg, d: (values.copy(), None))
+    monkeypatch.setattr(datamodule, "read_series", lambda cfg, d: (values.copy(), None))
     with pytest.raises(DataError, match="NaN/inf.*step 100, node 1.*nan_policy=mask"):
         _dm([])
     dm = _dm(["data.nan_policy=mask", "data.null_val=0.0"])
@@ -71,3 +71,32 @@ def test_pems08_real_split_counts(real_data_dir) -> None:
     # global scaler fitted on the first 10714 steps only
     values = dm.datasets["train"].targets[:10714, :, 0].numpy()
     assert dm.scaler.mean[0] == pytest.approx(values.mean(), rel=1e-5)
+
+
+def test_prepare_data_fetches_and_verifies_without_loading(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's prepare_data only makes the file present; setup (every rank) reads it and never downloads."""
+    from stm3_lightning.data import formats
+    from stm3_lightning.data.errors import MissingDataError
+
+    cfg = compose(["model=linear", "data=pems08", "data.download=false"])
+    dm = SpatioTemporalDataModule(cfg.data, tmp_path)
+    with pytest.raises(MissingDataError, match="No PEMS08 data found.*allow downloading"):
+        dm.prepare_data()
+    (tmp_path / "PEMS08").mkdir()
+    np.savez(tmp_path / "PEMS08" / "PEMS08.npz", data=np.ones((40, 170, 1), np.float32))
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepare_data read the array")
+
+    monkeypatch.setattr(formats, "read_array", no_reading)
+    dm.prepare_data()
+    assert not dm.datasets and dm.info.num_nodes == 170  # sized from the catalogue, nothing loaded
+
+
+def test_setup_never_downloads(tmp_path) -> None:
+    from stm3_lightning.data.errors import MissingDataError
+
+    cfg = compose(["model=linear", "data=pems08", "data.download=true"])
+    with pytest.raises(MissingDataError, match="No PEMS08 data found"):
+        SpatioTemporalDataModule(cfg.data, tmp_path).setup("fit")
+    assert not any(tmp_path.iterdir())

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import scipy.io
 
+from stm3_lightning.data.catalogue import DATASETS
 from stm3_lightning.data.download import download_file, file_checksum, parse_checksum, verify_checksum
 from stm3_lightning.data.errors import ChecksumError, DataWarning, DownloadError, MissingDataError
-from stm3_lightning.data.registry import DATASETS, DataFile, load_series
+from stm3_lightning.data.reading import load_series
+from stm3_lightning.data.specs import DataFile
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()

@@ -18,8 +18,9 @@ import pytest
 import scipy.io
 
 from stm3_lightning.data import formats
+from stm3_lightning.data.catalogue import DATASETS
 from stm3_lightning.data.errors import CorruptFileError, DataWarning, FormatError, MissingDataError
-from stm3_lightning.data.registry import DATASETS, load_series
+from stm3_lightning.data.reading import load_series
 
 RNG = np.random.default_rng(0)
 

@@ -11,27 +11,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from stm3_lightning.config.schema import DataConfig
+from stm3_lightning.data.catalogue import data_info, get_spec
 from stm3_lightning.data.errors import DataError
+from stm3_lightning.data.reading import prepare_files, read_series
 from stm3_lightning.data.scaler import ScalerError, StandardScaler
 from stm3_lightning.data.splits import SPLIT_NAMES, Segment, SplitError, make_segments, train_rows
-from stm3_lightning.data.synthetic import generate_synthetic
 from stm3_lightning.data.windows import WindowDataset, collate_batch, time_features
 from stm3_lightning.types import DataInfo
 
 log = logging.getLogger(__name__)
-
-
-def load_values(cfg: DataConfig, data_dir: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw series of the configured dataset.
-
-    Returns: ``values: [T, N]`` float32 in original units, ``adjacency: [N, N]`` or ``None``.
-    """
-    if cfg.name == "synthetic":
-        return generate_synthetic(cfg.synthetic)
-    from stm3_lightning.data.registry import load_series
-
-    series = load_series(cfg.name, data_dir, download=cfg.download, channel=cfg.channel)
-    return series.values, series.adjacency
 
 
 def check_finite(values: np.ndarray, cfg: DataConfig) -> None:
@@ -64,15 +52,16 @@ class SpatioTemporalDataModule(L.LightningDataModule):
         self.num_nodes: int | None = None
 
     def prepare_data(self) -> None:
-        """Download/verify files once per node (rank 0)."""
-        if self.cfg.name != "synthetic":
-            load_values(self.cfg, self.data_dir)
+        """Once per node (rank 0): make the dataset's file present (download when allowed) and verify it, without
+        loading it."""
+        prepare_files(get_spec(self.cfg.name), self.data_dir, self.cfg.download)
 
     def setup(self, stage: str | None = None) -> None:
+        """Every rank: read the prepared series, split, fit the scaler on the training rows and cut windows."""
         if self.datasets:
             return
         cfg = self.cfg
-        values, self.adjacency = load_values(cfg, self.data_dir)
+        values, self.adjacency = read_series(cfg, self.data_dir)
         if values.ndim != 2:
             raise DataError(f"The {cfg.name} series must be 2-D [time, nodes], got shape {values.shape}.")
         check_finite(values, cfg)
@@ -116,16 +105,8 @@ class SpatioTemporalDataModule(L.LightningDataModule):
 
     @property
     def info(self) -> DataInfo:
-        """Shapes the model is built for (call after ``setup``)."""
-        if self.num_nodes is None:
-            self.setup()
-        return DataInfo(
-            num_nodes=int(self.num_nodes),
-            input_len=self.cfg.input_len,
-            horizon=self.cfg.horizon,
-            steps_per_day=self.cfg.steps_per_day,
-            period=self.cfg.steps_per_day,
-        )
+        """Shapes the model is built for, from the catalogue (no data is read)."""
+        return data_info(self.cfg)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

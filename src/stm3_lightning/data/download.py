@@ -1,8 +1,10 @@
-"""Verified, atomic file downloads over HTTP(S) with the standard library only.
+"""Verified, atomic file downloads over HTTP(S) with the standard library only, and a dataset's mirrors.
 
-A download streams into a hidden temporary file next to its destination, is checked against a pinned checksum
-and only then renamed into place (``os.replace``), so an interrupted or corrupt download never leaves a partial
-file under the expected name and an existing good file is never overwritten.
+Hand-written rather than ``pooch.retrieve``: several release files are pinned only by their git blob id
+(``gitsha1``, below), which pooch cannot verify (it hashes the bytes alone), and the errors here name the file to
+place by hand in one sentence. A download streams into a hidden temporary file next to its destination, is
+checked against a pinned checksum and only then renamed into place (``os.replace``), so an interrupted or corrupt
+download never leaves a partial file under the expected name and an existing good file is never overwritten.
 
 Checksums are written ``"<algo>:<hex digest>"``:
 
@@ -20,11 +22,13 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 from stm3_lightning import __version__
-from stm3_lightning.data.errors import ChecksumError, DataError, DownloadError
+from stm3_lightning.data.errors import ChecksumError, DataError, DataWarning, DownloadError, MissingDataError
+from stm3_lightning.data.specs import DataFile, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +158,50 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+def _fetch(file: DataFile, root: Path, timeout: float) -> Path:
+    """Download ``file`` (which must have a pinned url and checksum) to ``root / file.path``."""
+    if file.url is None or file.checksum is None:
+        raise ValueError(f"{file.path} has no pinned download.")
+    return download_file(file.url, root / file.path, file.checksum, timeout)
+
+
+def _fetch_extras(spec: DatasetSpec, root: Path, timeout: float) -> None:
+    """Best-effort download of the adjacency files (and their id lists); failures only warn."""
+    for graph in spec.adjacency:
+        for item in (graph.ids, graph):
+            if item is None or not item.downloadable or (root / item.path).is_file():
+                continue
+            try:
+                _fetch(item, root, timeout)
+            except DataError as exc:
+                warnings.warn(DataWarning(f"{spec.title} adjacency not downloaded: {exc}"), stacklevel=3)
+
+
+def download_dataset(spec: DatasetSpec, data_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S) -> Path:
+    """Make sure a series file of ``spec`` is present under ``data_dir``; returns its path.
+
+    Tries the spec's pinned, checksummed mirrors in order (and then its adjacency files, best effort). Raises
+    :class:`MissingDataError` naming every failed mirror and the files to place by hand when all fail.
+    """
+    root = Path(data_dir).expanduser()
+    present = spec.find_file(root)
+    if present is not None:
+        return root / present.path
+    if not spec.downloads:
+        raise spec.missing_error(root, download=True)
+    failures = []
+    for mirror in spec.downloads:
+        try:
+            path = _fetch(mirror, root, timeout)
+        except (DownloadError, ChecksumError) as exc:
+            reason = exc.reason if isinstance(exc, DownloadError) else "checksum mismatch"
+            failures.append(f"{mirror.url}: {reason}")
+            continue
+        _fetch_extras(spec, root, timeout)
+        return path
+    raise MissingDataError(
+        f"Could not download {spec.title} ({'; '.join(failures)}); without network, place {spec.where(root)} "
+        f"by hand (from {spec.source})."
+    )

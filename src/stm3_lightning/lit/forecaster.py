@@ -28,7 +28,8 @@ class Forecaster(L.LightningModule):
     - ``val/loss`` (early stopping, checkpoint selection) is the validation MAE; test metrics are never used
       for selection.
 
-    Shapes: ``x: [B, L, N, C]``, ``y: [B, H, N, 1]`` in original units; ``mean, std: [N]``.
+    Shapes: ``x: [B, L, N, C]``, ``y: [B, H, N, 1]`` in original units; ``mean, std: [N]`` (replaced in
+    :meth:`setup` by the datamodule's scaler when the module runs in a Trainer with a datamodule).
     """
 
     def __init__(
@@ -59,6 +60,14 @@ class Forecaster(L.LightningModule):
         self.test_metrics = ForecastMetrics(**kwargs)
         self.test_outputs: list[tuple[np.ndarray, np.ndarray]] = []
         self.test_results: dict[str, object] = {}
+
+    def setup(self, stage: str) -> None:
+        """Take the scaler the datamodule fitted on its training rows (``mean, std: [N]``) once it is set up."""
+        scaler = getattr(self.trainer.datamodule, "scaler", None)
+        if scaler is not None:
+            mean, std = scaler.tensors()
+            self.mean.copy_(mean)
+            self.std.copy_(std)
 
     # ----------------------------------------------------------------------------------------------- units
     def _scale(self, t: torch.Tensor) -> torch.Tensor:

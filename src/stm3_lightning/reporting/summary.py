@@ -5,25 +5,14 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from stm3_lightning.data import catalogue
 from stm3_lightning.models.registry import build_model
 from stm3_lightning.types import DataInfo
 
 
 def data_info(cfg: DictConfig) -> DataInfo:
-    """Model shapes from the config alone (node count from the dataset registry, no data loading)."""
-    if cfg.data.name == "synthetic":
-        num_nodes = cfg.data.synthetic.num_nodes
-    else:
-        from stm3_lightning.data.registry import DATASETS
-
-        num_nodes = DATASETS[cfg.data.name].num_nodes
-    return DataInfo(
-        num_nodes=num_nodes,
-        input_len=cfg.data.input_len,
-        horizon=cfg.data.horizon,
-        steps_per_day=cfg.data.steps_per_day,
-        period=cfg.data.steps_per_day,
-    )
+    """Model shapes from the config alone (node count from the dataset catalogue, no data loading)."""
+    return catalogue.data_info(cfg.data)
 
 
 def scan_backend_line(cfg: DictConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -22,24 +23,32 @@ from stm3_lightning.data.resumable import ResumableDataModule
 from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.models.registry import build_model
 from stm3_lightning.run.checkpoints import CheckpointMetadata, run_metadata
+from stm3_lightning.types import DataInfo
 
 
 def build_datamodule(cfg: DictConfig) -> SpatioTemporalDataModule:
-    """The data module, set up; its training order is a function of ``cfg.seed`` and the epoch (resumable)."""
-    dm = ResumableDataModule(cfg.data, cfg.paths.data_dir, cfg.seed)
-    dm.setup()
-    return dm
+    """The data module, not set up (the Trainer runs ``prepare_data`` on rank 0 and ``setup`` on every rank);
+    its training order is a function of ``cfg.seed`` and the epoch (resumable)."""
+    return ResumableDataModule(cfg.data, cfg.paths.data_dir, cfg.seed)
 
 
-def build_forecaster(cfg: DictConfig, dm: SpatioTemporalDataModule) -> Forecaster:
-    mean, std = dm.scaler.tensors()
+def load_before_writing(dm: SpatioTemporalDataModule) -> None:
+    """Prepare and set up ``dm`` in the launching process, so bad data fails in one sentence before the run folder
+    is written; the Trainer's own ``prepare_data``/``setup`` calls then find the work done. DDP workers skip this:
+    they set up inside the Trainer, after rank 0 has prepared the files."""
+    dm.prepare_data()
+    dm.setup("fit")
+
+
+def build_forecaster(cfg: DictConfig, info: DataInfo) -> Forecaster:
+    """The LightningModule for a model sized by ``info``; it takes the datamodule's scaler in ``setup``."""
     return Forecaster(
-        model=build_model(cfg.model, dm.info),
+        model=build_model(cfg.model, info),
         optim=cfg.optim,
         metrics=cfg.metrics,
         horizon=cfg.data.horizon,
-        mean=mean,
-        std=std,
+        mean=torch.zeros(info.num_nodes),
+        std=torch.ones(info.num_nodes),
         real_value=cfg.data.real_value,
         null_val=cfg.data.null_val,
     )

@@ -18,7 +18,13 @@ from omegaconf import DictConfig
 from stm3_lightning.config.compose import ConfigError
 from stm3_lightning.config.safety import harden_resolvers
 from stm3_lightning.lit.forecaster import Forecaster
-from stm3_lightning.run.builders import build_callbacks, build_datamodule, build_forecaster, build_trainer
+from stm3_lightning.run.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_forecaster,
+    build_trainer,
+    load_before_writing,
+)
 from stm3_lightning.run.checkpoints import check_compatible, run_metadata
 from stm3_lightning.run.loggers import build_loggers
 from stm3_lightning.run.results import write_horizon_plot, write_predictions, write_test_metrics
@@ -105,7 +111,9 @@ def train(cfg: DictConfig) -> dict:
     # Denormal floats make CPU arithmetic up to 10x slower in the decaying scan; flush them to zero.
     torch.set_flush_denormal(True)
     dm = build_datamodule(cfg)
-    module = build_forecaster(cfg, dm)
+    if not worker:
+        load_before_writing(dm)
+    module = build_forecaster(cfg, dm.info)
     trainable = any(p.requires_grad for p in module.parameters())
     ckpt = resolve_ckpt_path(cfg, planned) if trainable else None
     resume_step = None
@@ -152,13 +160,15 @@ def evaluate(cfg: DictConfig, ckpt: str, run_dir: Path | None = None) -> dict:
     own ``test_metrics.json`` is never rewritten), else to a new run folder as for training.
     """
     check_strategy(cfg)
+    worker = is_worker_process()
     planned = plan_run_dir(cfg) if run_dir is None else run_dir / "eval" / Path(ckpt).stem
     check_writable(planned)
     dm = build_datamodule(cfg)
-    module = build_forecaster(cfg, dm)
+    if not worker:
+        load_before_writing(dm)
+    module = build_forecaster(cfg, dm.info)
     check_compatible(ckpt, module, run_metadata(cfg, dm.info))
     if run_dir is None:
-        worker = is_worker_process()
         out = claim_run_dir(cfg, planned)
         save_config(cfg, out, resuming=False, is_worker=worker)
     else:

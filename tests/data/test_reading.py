@@ -1,8 +1,7 @@
-"""Dataset registry: spec consistency with configs/data, lookup, listing, loading rules, and the real files."""
+"""Reading a dataset's files: which file wins, checks against the catalogue, missing files, and the real files."""
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from pathlib import Path
@@ -10,33 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from omegaconf import OmegaConf
 
-from stm3_lightning.config.schema import DataConfig
-from stm3_lightning.data.download import file_checksum, parse_checksum
+from stm3_lightning.data.catalogue import DATASETS
+from stm3_lightning.data.download import file_checksum
 from stm3_lightning.data.errors import ChecksumError, DataError, DataWarning, FormatError
-from stm3_lightning.data.registry import (
-    DATASETS,
-    DatasetSpec,
-    datasets_table,
-    find_file,
-    get_spec,
-    load_series,
-)
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
-PAPER = (
-    "pems04",
-    "pems08",
-    "metr_la",
-    "milan_sms",
-    "milan_call",
-    "milan_internet",
-    "knowair",
-    "nrel",
-    "etth1",
-    "electricity",
-)
+from stm3_lightning.data.reading import load_series
 
 
 def place_npz(root: Path, relpath: str, data: np.ndarray) -> Path:
@@ -46,100 +23,12 @@ def place_npz(root: Path, relpath: str, data: np.ndarray) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------------------------- specs
-
-
-def test_paper_datasets_are_registered() -> None:
-    assert set(PAPER) <= set(DATASETS)
-    assert {"pems03", "pems07", "pems_bay"} <= set(DATASETS)
-
-
-@pytest.mark.parametrize("name", sorted(DATASETS))
-def test_spec_is_consistent(name: str) -> None:
-    spec = DATASETS[name]
-    assert spec.name == name and spec.num_nodes > 0 and spec.steps_per_day > 0
-    assert spec.files and len(set(spec.paths)) == len(spec.paths)
-    assert all(not Path(p).is_absolute() and ".." not in Path(p).parts for p in spec.paths)
-    assert spec.source and spec.licence and spec.citation
-    for mirror in spec.downloads:
-        assert mirror in spec.files and mirror.url.startswith("https://") and "/raw/" in mirror.url
-        commit = mirror.url.split("/raw/")[1].split("/")[0]
-        assert len(commit) == 40, "download URLs must pin a commit"
-        parse_checksum(mirror.checksum)
-    if name in PAPER and name != "pems04":
-        assert "zenodo.org/records/17946270" in spec.source
-
-
-@pytest.mark.parametrize("name", sorted(DATASETS))
-def test_config_mirrors_spec(name: str) -> None:
-    """configs/data/<name>.yaml validates against DataConfig and carries the spec's protocol."""
-    spec: DatasetSpec = DATASETS[name]
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / f"{name}.yaml"))
-    p = spec.protocol
-    assert cfg.name == name
-    assert (cfg.input_len, cfg.horizon) == (p.input_len, p.horizon) == (96, 96)
-    assert cfg.split.mode == p.split_mode
-    assert tuple(cfg.split.ratios) == pytest.approx(p.split_ratios)
-    assert tuple(cfg.split.borders) == p.split_borders
-    assert cfg.scaler.per_node == p.per_node and cfg.real_value == p.real_value
-    assert cfg.steps_per_day == spec.steps_per_day and cfg.channel == spec.channel
-    assert (math.isnan(cfg.null_val) and math.isnan(p.null_val)) or cfg.null_val == p.null_val
-
-
-def test_reference_protocols() -> None:
-    """Reference §5: ETTh1 Informer borders, Electricity TSLib 70/10/20, everything else ratio 60/20/20."""
-    ett, elec = DATASETS["etth1"].protocol, DATASETS["electricity"].protocol
-    assert (ett.split_mode, ett.split_borders) == ("borders", (8640, 11520, 14400))
-    assert (elec.split_mode, elec.split_ratios) == ("ratio_lookback", (0.7, 0.1, 0.2))
-    for p in (ett, elec):
-        assert p.per_node and not p.real_value
-    for name in set(PAPER) - {"etth1", "electricity"}:
-        p = DATASETS[name].protocol
-        assert (p.split_mode, p.split_ratios, p.per_node, p.real_value) == (
-            "ratio",
-            (0.6, 0.2, 0.2),
-            False,
-            True,
-        )
-    assert [DATASETS[f"milan_{a}"].channel for a in ("sms", "call", "internet")] == [0, 1, 2]
-
-
-@pytest.mark.parametrize(
-    ("alias", "name"),
-    [
-        ("PEMSD8", "pems08"),
-        ("pems08", "pems08"),
-        ("METR-LA", "metr_la"),
-        ("ETTh1", "etth1"),
-        ("PEMS-BAY", "pems_bay"),
-    ],
-)
-def test_get_spec_aliases(alias: str, name: str) -> None:
-    assert get_spec(alias).name == name
-
-
-def test_unknown_dataset_lists_choices() -> None:
-    with pytest.raises(DataError, match=r"Unknown dataset 'pems09'; choose one of .*pems08.*stm3 datasets"):
-        load_series("pems09", ".")
-
-
-def test_datasets_table(tmp_path: Path) -> None:
-    place_npz(tmp_path, "PEMS08/PEMS08_flow.npz", np.zeros((4, 170, 1)))
-    table = datasets_table(tmp_path)
-    for name in DATASETS:
-        assert f"\n{name} " in table
-    assert "present (PEMS08/PEMS08_flow.npz)" in table
-    assert "missing (downloadable)" in table  # PEMS04: pinned mirror
-    assert "zenodo.org/records/17946270" in table and str(tmp_path.resolve()) in table
-    assert "status" not in datasets_table().splitlines()[0]
-
-
 # --------------------------------------------------------------------------------------------- loading rules
 
 
 def test_first_accepted_file_wins(tmp_path: Path) -> None:
     place_npz(tmp_path, "PEMS08/PEMS08_flow.npz", np.zeros((4, 170, 1)))
-    assert find_file(DATASETS["pems08"], tmp_path).path == "PEMS08/PEMS08_flow.npz"
+    assert DATASETS["pems08"].find_file(tmp_path).path == "PEMS08/PEMS08_flow.npz"
     place_npz(tmp_path, "PEMS08/PEMS08.npz", np.ones((4, 170, 3)))
     with pytest.warns(DataWarning, match="4 steps"):
         series = load_series("pems08", tmp_path, download=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from stm3_lightning.config.safety import harden_resolvers
 from stm3_lightning.config.schema import RunConfig
 from stm3_lightning.models.registry import available_models, model_schema, validate_model_config
 
+# OmegaConf's message for a value that is not a member of an Enum field.
+_CHOICE_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 GROUPS: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")
 harden_resolvers()
 
@@ -138,6 +141,10 @@ def _explain(exc: OmegaConfBaseException, schema: Any) -> ConfigError:
         return ConfigError(f"Unknown config key '{full_key}'{hint}.")
     if isinstance(exc, ValidationError) and full_key:
         msg = str(exc).splitlines()[0]
+        choice = _CHOICE_ERROR.fullmatch(msg)
+        if choice:  # a schema Choice (Enum) field
+            value, allowed = choice.groups()
+            return ConfigError(f"Invalid value '{value}' for '{full_key}'; choose one of {allowed}.")
         return ConfigError(f"Invalid value for '{full_key}': {msg}.")
     return ConfigError(str(exc).splitlines()[0])
 
@@ -218,22 +225,9 @@ def compose(args: list[str] | None = None) -> DictConfig:
     return cfg
 
 
-_ENUMS: dict[str, tuple[str, ...]] = {
-    "data.split.mode": ("ratio", "ratio_lookback", "borders", "window"),
-    "data.scaler.kind": ("standard", "none"),
-    "data.nan_policy": ("fail", "mask"),
-    "metrics.protocol": ("official", "masked"),
-    "logger.wandb.mode": ("online", "offline", "disabled"),
-    "callbacks.progress_bar": ("rich", "tqdm", "none"),
-}
-
-
 def validate_values(cfg: DictConfig) -> None:
-    """Check value domains that types alone cannot express; raise ``ConfigError`` naming the key."""
-    for key, allowed in _ENUMS.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"Invalid value '{value}' for '{key}'; choose one of {', '.join(allowed)}.")
+    """Check value domains that types alone cannot express (string choices are Enums the schema checks);
+    raise ``ConfigError`` naming the key."""
     data = cfg.data
     if data.input_len < 1 or data.horizon < 1:
         raise ConfigError("data.input_len and data.horizon must be positive integers.")

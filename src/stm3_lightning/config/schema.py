@@ -8,6 +8,7 @@ Each model's own schema (a :class:`~stm3_lightning.types.ModelConfig`) is listed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
@@ -15,6 +16,48 @@ from omegaconf import MISSING
 from stm3_lightning.types import ModelConfig
 
 __all__ = ["ModelConfig", "RunConfig"]  # ModelConfig: the base of every model schema, defined in types
+
+
+class Choice(str, Enum):
+    """A string choice of the schema: OmegaConf accepts exactly the member names, and the member compares,
+    formats and serialises as its plain string value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SplitMode(Choice):
+    ratio = "ratio"
+    ratio_lookback = "ratio_lookback"
+    borders = "borders"
+    window = "window"
+
+
+class ScalerKind(Choice):
+    standard = "standard"
+    none = "none"
+
+
+class NanPolicy(Choice):
+    fail = "fail"
+    mask = "mask"
+
+
+class MetricsProtocol(Choice):
+    official = "official"
+    masked = "masked"
+
+
+class WandbMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class ProgressBar(Choice):
+    rich = "rich"
+    tqdm = "tqdm"
+    none = "none"
 
 
 @dataclass
@@ -37,7 +80,7 @@ class SplitConfig:
     ``window`` (STAEformer/LargeST: all windows of the whole series split by ratio).
     """
 
-    mode: str = "ratio"
+    mode: SplitMode = SplitMode.ratio
     ratios: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     borders: list[int] = field(default_factory=list)
 
@@ -46,7 +89,7 @@ class SplitConfig:
 class ScalerConfig:
     """Z-score scaler fitted on the training part only."""
 
-    kind: str = "standard"  # standard | none
+    kind: ScalerKind = ScalerKind.standard
     per_node: bool = False  # official column_wise: one mean/std per node
 
 
@@ -81,7 +124,7 @@ class DataConfig:
     # Entries equal to this value are missing under ``metrics.protocol=masked``; ``nan`` means NaN entries.
     null_val: float = 0.0
     # What to do with NaN/inf in the raw series: ``fail`` or ``mask`` (replace by null_val, exclude from metrics).
-    nan_policy: str = "fail"
+    nan_policy: NanPolicy = NanPolicy.fail
     download: bool = True
     batch_size: int = 64
     eval_batch_size: int = 64
@@ -110,7 +153,7 @@ class MetricsConfig:
     (BasicTS: entries equal to ``data.null_val`` excluded from every metric).
     """
 
-    protocol: str = "official"
+    protocol: MetricsProtocol = MetricsProtocol.official
     horizons: list[int] = field(default_factory=lambda: [3, 6, 12])
     mape_eps: float = 1e-3
     save_predictions: bool = False
@@ -147,8 +190,8 @@ class TrainerConfig:
 class WandbConfig:
     """Weights & Biases through Lightning's ``WandbLogger``."""
 
-    # online | offline | disabled; online falls back to offline when no credentials are configured.
-    mode: str = "offline"
+    # online falls back to offline when no credentials are configured.
+    mode: WandbMode = WandbMode.offline
     project: str = "stm3-lightning"
     entity: str = ""
     group: str = ""
@@ -198,7 +241,7 @@ class AnalysisCallbackConfig:
 class CallbacksConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    progress_bar: str = "rich"  # rich | tqdm | none
+    progress_bar: ProgressBar = ProgressBar.rich
     plots: bool = True
     nan_guard: bool = True
     routing: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)

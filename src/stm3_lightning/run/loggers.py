@@ -62,7 +62,7 @@ def wandb_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 def resolve_wandb_mode(cfg: WandbConfig) -> str:
     """The mode a run will really use: ``WANDB_MODE`` wins, then the config with the offline fallbacks."""
-    mode = os.environ.get("WANDB_MODE", cfg.mode)
+    mode = os.environ.get("WANDB_MODE", str(cfg.mode))
     if mode == "dryrun":
         mode = "offline"
     if mode == "online":
@@ -102,7 +102,7 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str | None)
         tags=list(wcfg.tags) + list(cfg.tags),
         save_dir=str(run_dir),
         offline=mode == "offline",
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         settings=wandb.Settings(mode=mode, init_timeout=wcfg.init_timeout, silent=True),
     )
 

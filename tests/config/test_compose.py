@@ -70,6 +70,25 @@ def test_bad_choices_fail_clearly(arg: str, pattern: str) -> None:
         compose([arg])
 
 
+@pytest.mark.parametrize(
+    ("key", "allowed"),
+    [
+        ("data.split.mode", "ratio, ratio_lookback, borders, window"),
+        ("data.scaler.kind", "standard, none"),
+        ("data.nan_policy", "fail, mask"),
+        ("metrics.protocol", "official, masked"),
+        ("logger.wandb.mode", "online, offline, disabled"),
+        ("callbacks.progress_bar", "rich, tqdm, none"),
+    ],
+)
+def test_string_choices_are_checked_by_the_schema(key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose([f"{key}=bogus"])
+    assert str(info.value) == f"Invalid value 'bogus' for '{key}'; choose one of {allowed} (in command line)."
+    value = OmegaConf.select(compose([f"{key}={allowed.split(', ')[-1]}"]), key)
+    assert value == allowed.split(", ")[-1] and f"{value}" == allowed.split(", ")[-1]
+
+
 def test_compose_saved_roundtrip(tmp_path) -> None:
     cfg = compose(["model=linear", "seed=5"])
     OmegaConf.save(cfg, tmp_path / "config.yaml")

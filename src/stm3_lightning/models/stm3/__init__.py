@@ -2,7 +2,8 @@
 
 Modules: ``config`` (schemas), ``embedding``, ``agccn``, ``scale_attention``, ``mamba``, ``router``, ``moe``,
 ``contrastive``, ``head``, ``init``, ``network`` (the registered models), ``convert`` (release state dicts),
-``scan`` and ``causal_conv`` (kernels with interchangeable backends).
+``choices`` (string choices of the config) and ``kernels`` (scan, causal conv and scale attention with
+interchangeable backends).
 """
 
 from stm3_lightning.models.stm3.config import STM2Config, STM3Config

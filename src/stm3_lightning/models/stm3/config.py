@@ -134,7 +134,7 @@ def _move_scan_backend(cfg: STM2Config) -> None:
     if KernelBackend.parse("model.kernel_backend", cfg.kernel_backend) not in (KernelBackend.auto, old):
         raise ValueError(
             f"model.scan_backend={old} and model.kernel_backend={cfg.kernel_backend} disagree; "
-            "set only model.kernel_backend."
+            "keep only model.kernel_backend (model.scan_backend=null)."
         )
     cfg.kernel_backend, cfg.scan_backend = old, None
 

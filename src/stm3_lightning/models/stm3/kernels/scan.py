@@ -210,12 +210,10 @@ def _scan_grads(
     dim, n = u.shape[1], B.shape[1]
     du, ddelta, dz = (None if g is None else channel_major(g, dim, torch.float32) for g in channel)
     acc = acc[:, :dim]
-    grads = [du, ddelta, acc[:n].t(), dB.transpose(1, 2), dC.transpose(1, 2), acc[n], dz, acc[n + 1]]
-    # Copies (not views) of the accumulator, fresh empties: the op's outputs must not alias one another.
-    return tuple(
-        dB.new_empty(0) if x is None else g.to(x.dtype, copy=i in (2, 5, 7))
-        for i, (g, x) in enumerate(zip(grads, inputs, strict=True))
-    )
+    # Copies of the accumulator rows and fresh empties: no two outputs of the op may share memory.
+    dA, dD, dbias = acc[:n].t().clone(), acc[n].clone(), acc[n + 1].clone()
+    grads = [du, ddelta, dA, dB.transpose(1, 2), dC.transpose(1, 2), dD, dz, dbias]
+    return tuple(dB.new_empty(0) if x is None else g.to(x.dtype) for g, x in zip(grads, inputs, strict=True))
 
 
 @torch.library.custom_op("stm3::selective_scan_cpu_backward", mutates_args=(), device_types="cpu")
@@ -267,12 +265,14 @@ def _scan_cpu_backward_fake(
     delta_softplus: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     batch, length, width, n = u.shape[0], u.shape[2], padded_width(u.shape[1]), B.shape[1]
-    channel = [
-        u.new_empty(batch, length, width, dtype=torch.float32) for _ in range(3 if z is not None else 2)
-    ]
-    dB, dC = (u.new_empty(batch, length, n, dtype=torch.float32) for _ in range(2))
-    acc = u.new_empty(n + 2, width, dtype=torch.float32)
-    return _scan_grads([*channel, None][:3], dB, dC, acc, (u, delta, A, B, C, D, z, delta_bias))  # type: ignore
+
+    def empty(*shape: int) -> Tensor:
+        return u.new_empty(*shape, dtype=torch.float32)
+
+    channel = [empty(batch, length, width), empty(batch, length, width)]
+    channel.append(empty(batch, length, width) if z is not None else None)
+    dB, dC, acc = empty(batch, length, n), empty(batch, length, n), empty(n + 2, width)
+    return _scan_grads(channel, dB, dC, acc, (u, delta, A, B, C, D, z, delta_bias))  # type: ignore[return-value]
 
 
 def _scan_setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:

@@ -2,7 +2,7 @@
 
 Defaults are the official release's PEMSD8 configuration (reference §4), so ``model=stm3`` with no overrides is
 the faithful network. Binary switches are booleans (``agccn: false``, ``shared_expert: off``); multi-valued switches
-are :class:`~.choices.Choice` enums, validated and converted by :func:`validate`. Their fields are annotated ``str``
+are :class:`~stm3_lightning.choices.Choice` enums, validated and converted by :func:`validate`. Their fields are annotated ``str``
 (the members are strings) so that OmegaConf keeps what YAML wrote: YAML reads ``off`` as the boolean false, so
 ``contrastive: off`` arrives as ``False``/``"False"`` and is accepted, like ``none``, as an alias of ``off``.
 ``scan_backend`` is the deprecated spelling of ``kernel_backend``.
@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from stm3_lightning.choices import Choice
 from stm3_lightning.config.schema import ModelConfig
-from stm3_lightning.models.stm3.choices import Choice
 from stm3_lightning.models.stm3.kernels.backends import KernelBackend, warn_once
 
 log = logging.getLogger(__name__)

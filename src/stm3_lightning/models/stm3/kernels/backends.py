@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from stm3_lightning.models.stm3.choices import Choice
+from stm3_lightning.choices import Choice
 
 log = logging.getLogger(__name__)
 

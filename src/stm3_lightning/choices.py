@@ -1,4 +1,4 @@
-"""String-valued choices of the model configuration (``router: node``, ``kernel_backend: auto``, ...)."""
+"""String-valued choices of the configuration (``router: node``, ``kernel_backend: auto``, ...)."""
 
 from __future__ import annotations
 

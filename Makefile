@@ -53,7 +53,7 @@ train: ## Train: make train [DATA=pems08] [EXP=reproduce/pems08] [ARGS="trainer.
 eval: ## Test a checkpoint with its run's config: make eval CKPT=outputs/.../checkpoints/last.ckpt
 	$(BIN)/stm3 eval ckpt=$(CKPT) $(ARGS)
 
-summary: ## Resolved config, parameter count, scan backend: make summary [DATA=..] [ARGS=..]
+summary: ## Resolved config, parameter count, kernel backend: make summary [DATA=..] [ARGS=..]
 	$(BIN)/stm3 summary $(TRAIN_ARGS)
 
 datasets: ## List the datasets, their files and where they come from

@@ -177,8 +177,8 @@ def cpu_name() -> str:
 
 def machine_info() -> dict[str, object]:
     """Facts that make a measurement interpretable: CPU, threads, memory, load, versions, date."""
-    from stm3_lightning.models.stm3.causal_conv import cpu_conv_kernel_available
-    from stm3_lightning.models.stm3.scan import cpu_scan_kernel_available
+    from stm3_lightning.models.stm3.kernels.causal_conv import cpu_conv_kernel_available
+    from stm3_lightning.models.stm3.kernels.scan import cpu_scan_kernel_available
 
     total = None
     try:
@@ -225,10 +225,12 @@ def stm3_info(
     return DataInfo(num_nodes=num_nodes, input_len=input_len, horizon=horizon)
 
 
-def build_stm3(info: DataInfo, scan_backend: str = "torch", seed: int = 0, **overrides: object) -> nn.Module:
+def build_stm3(
+    info: DataInfo, kernel_backend: str = "torch", seed: int = 0, **overrides: object
+) -> nn.Module:
     """Faithful STM3 (release PEMSD8 configuration: D=4, d_e=12, 2 layers, 4 experts, scales 1,3,5,7)."""
     torch.manual_seed(seed)
-    cfg = STM3Config(scan_backend=scan_backend, **overrides)  # type: ignore[arg-type]
+    cfg = STM3Config(kernel_backend=kernel_backend, **overrides)  # type: ignore[arg-type]
     return build_model(cfg, info)
 
 

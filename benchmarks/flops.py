@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
             "horizon": info.horizon,
             "batch": batch,
             "repeats": repeats,
-            "scan_backend": "torch",
+            "kernel_backend": "torch",
         },
         "matmul_gflops": peak,
         "flops_per_sample": {k: v / batch for k, v in step["flops"].as_dict().items()},

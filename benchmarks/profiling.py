@@ -11,7 +11,7 @@ Per element of ``[b, d_inner, L]`` softplus, ``dt * u``, ``D u`` and the ``silu(
 20 backward.
 
 The analytic scan count assumes the compiled CPU kernel (the default on CPU); on PyTorch fallback paths
-FlopCounterMode additionally sees the einsums inside the scan loop, so measure FLOPs with ``scan_backend=torch``.
+FlopCounterMode additionally sees the einsums inside the scan loop, so measure FLOPs with ``kernel_backend=torch``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stm3_lightning.models.stm3.causal_conv import cpu_conv_kernel_available
+from stm3_lightning.models.stm3.kernels.backends import Impl
+from stm3_lightning.models.stm3.kernels.causal_conv import conv_impl
 from stm3_lightning.models.stm3.mamba import MultiscaleMamba
 from stm3_lightning.models.stm3.scale_attention import CausalScaleAttention
-from stm3_lightning.models.stm3.scan import resolve_backend
 
 SCAN_FWD_PER_STATE, SCAN_BWD_PER_STATE = 7, 22
 SCAN_FWD_PER_CHANNEL, SCAN_BWD_PER_CHANNEL = 10, 20
@@ -56,10 +56,9 @@ def scale_attention_flops(rows: int, dim: int, scales: int, backward: bool = Tru
 
 
 def conv_runs_in_kernel(backend: str, x: Tensor) -> bool:
-    """Whether a causal conv on ``x`` with scan ``backend`` runs in the compiled CPU kernel, which
+    """Whether a causal conv on ``x`` with kernel ``backend`` runs in the compiled CPU kernel, which
     FlopCounterMode cannot see (elsewhere it is an ``F.conv1d`` that it counts)."""
-    resolved = resolve_backend(backend, x.device)
-    return resolved == "torch" and x.device.type == "cpu" and cpu_conv_kernel_available()
+    return conv_impl(x, backend) == Impl.kernel
 
 
 @dataclass
@@ -94,14 +93,14 @@ def analytic_mamba_flops(root: nn.Module, count: FlopCount, backward: bool) -> I
         assert isinstance(module, MultiscaleMamba)
         rows, length = args[0].shape[:2]
         count.scan += selective_scan_flops(rows, module.d_inner, length, module.d_state, backward)
-        if conv_runs_in_kernel(module.scan_backend, args[0]):
+        if conv_runs_in_kernel(module.kernel_backend, args[0]):
             kernel = module.conv1d.kernel_size[0]
             count.causal_conv += causal_conv_flops(rows, module.d_inner, length, kernel, backward)
 
     def attention_hook(module: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> None:
         assert isinstance(module, CausalScaleAttention)
         g = args[0]
-        if module._use_kernel(g):  # the fused CPU kernel is invisible to FlopCounterMode
+        if module.uses_kernel(g):  # the fused CPU kernel is invisible to FlopCounterMode
             dim, scales = g.shape[-2:]
             count.attention += scale_attention_flops(g.numel() // (dim * scales), dim, scales, backward)
 

@@ -1,6 +1,6 @@
 """How STM3's training cost grows with the input length L and the number of nodes N (synthetic nodes).
 
-Times forward + backward (``scan_backend=torch``, training mode, contrastive loss included) of the faithful STM3 at
+Times forward + backward (``kernel_backend=torch``, training mode, contrastive loss included) of the faithful STM3 at
 a fixed batch for L in {96, 192, 336, 720} (N = 170) and N in {170, 307, 883} (L = 96), with the peak resident
 memory of each configuration. The target is linear cost in L: time(L=720) / time(L=96) <= 1.2 x 720 / 96 = 9.
 

@@ -23,9 +23,17 @@ from pathlib import Path
 
 import torch
 
-from stm3_lightning.models.stm3 import scan
-from stm3_lightning.models.stm3.causal_conv import causal_conv1d, causal_conv1d_ref, cpu_conv_kernel_available
-from stm3_lightning.models.stm3.scan import cpu_scan_kernel_available, selective_scan, selective_scan_ref
+from stm3_lightning.models.stm3.kernels import scan
+from stm3_lightning.models.stm3.kernels.causal_conv import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    cpu_conv_kernel_available,
+)
+from stm3_lightning.models.stm3.kernels.scan import (
+    cpu_scan_kernel_available,
+    selective_scan,
+    selective_scan_ref,
+)
 
 D_INNER, D_STATE, CONV_K = 32, 16, 4
 # The reference holds two [b, d, L, n] tensors and its backward costs ~ b*d*n*L^2 (one full-size zero gradient

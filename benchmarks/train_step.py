@@ -1,6 +1,6 @@
 """Training-step benchmark of faithful STM3 on PEMSD8 96 -> 96 (paper configuration) and the epoch it implies.
 
-1. Batch 4, ``scan_backend=torch`` vs ``ref`` (mamba-ssm's reference algorithm) from identical weights: the warm-up
+1. Batch 4, ``kernel_backend=torch`` vs ``ref`` (mamba-ssm's reference algorithm) from identical weights: the warm-up
    step of both checks that predictions, auxiliary losses (1e-5) and gradients agree, then steps are timed
    interleaved (torch, ref, torch, ...) so both see the same machine load; ``speedup_vs_ref`` is the ratio of the
    medians.
@@ -324,13 +324,19 @@ def summary_rows(result: dict[str, object]) -> list[list[object]]:
         if backend in small:
             t = small[backend]
             rows.append(
-                [f"train step, scan={backend}", small["batch"], t["median_s"], t["min_s"], t["repeats"]]
+                [
+                    f"train step, kernel_backend={backend}",
+                    small["batch"],
+                    t["median_s"],
+                    t["min_s"],
+                    t["repeats"],
+                ]
             )
     big = result["training_batch"]
     if big:
         rows.append(
             [
-                "train step, scan=torch",
+                "train step, kernel_backend=torch",
                 big["batch"],
                 big["step"]["median_s"],
                 big["step"]["min_s"],

@@ -45,7 +45,7 @@ def test_causal_conv_flops_formula() -> None:
 
 def test_count_flops_adds_the_analytic_mamba_work() -> None:
     torch.manual_seed(0)
-    mamba = MultiscaleMamba(16, [1, 3, 5, 7], scan_backend="torch")
+    mamba = MultiscaleMamba(16, [1, 3, 5, 7], kernel_backend="torch")
     h = torch.randn(5, 12, 16)
     fwd = count_flops(lambda: mamba(h), mamba, backward=False)
     assert fwd.scan == selective_scan_flops(5, mamba.d_inner, 12, mamba.d_state, backward=False)
@@ -60,7 +60,7 @@ def test_count_flops_adds_the_analytic_mamba_work() -> None:
 
 
 def test_hooks_are_removed_after_counting() -> None:
-    mamba = MultiscaleMamba(8, [1, 3], scan_backend="torch")
+    mamba = MultiscaleMamba(8, [1, 3], kernel_backend="torch")
     count_flops(lambda: mamba(torch.randn(2, 6, 8)), mamba, backward=False)
     assert not mamba._forward_hooks
 
@@ -68,7 +68,7 @@ def test_hooks_are_removed_after_counting() -> None:
 def test_train_flops_per_sample_does_not_depend_on_batch() -> None:
     info = DataInfo(num_nodes=6, input_len=8, horizon=4)
     torch.manual_seed(0)
-    model = build_model(STM3Config(scan_backend="torch", contrastive="off"), info)
+    model = build_model(STM3Config(kernel_backend="torch", contrastive="off"), info)
     one = train_flops_per_sample(model, torch.randn(1, 8, 6, 3))
     three = train_flops_per_sample(model, torch.randn(3, 8, 6, 3))
     # Routing decides how rows split among the experts, but every row runs one routed and the shared expert.
@@ -100,7 +100,7 @@ def test_fused_scale_attention_is_counted_analytically() -> None:
     att = CausalScaleAttention(4)
     g = torch.randn(10, 4, 4, requires_grad=True)
     count = count_flops(lambda: att(g).sum().backward(), att, backward=True)
-    if att._use_kernel(g):
+    if att.uses_kernel(g):
         assert count.attention == scale_attention_flops(10, 4, 4, backward=True)
     else:  # reference path: FlopCounterMode sees its matmuls
         assert count.attention == 0 and count.counted > 0

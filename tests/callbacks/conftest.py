@@ -159,7 +159,7 @@ def analysis_cfg() -> AnalysisCallbackConfig:
 def _tiny_stm3(seed: int = 0, **overrides: object) -> nn.Module:
     """A tiny STM3 network for ``TINY_INFO`` (pure-PyTorch scan), initialised from ``seed``."""
     cfg = STM3Config(
-        hidden_dim=2, scales=[1, 3], num_experts=3, node_emb_dim=4, scan_backend="torch", **overrides
+        hidden_dim=2, scales=[1, 3], num_experts=3, node_emb_dim=4, kernel_backend="torch", **overrides
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""``stm3 summary``: the resolved config, the model's parameter count and the scan backend that would run."""
+"""``stm3 summary``: the resolved config, the model's parameter count and the kernel backend that would run."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ def data_info(cfg: DictConfig) -> DataInfo:
     return catalogue.data_info(cfg.data)
 
 
-def scan_backend_line(cfg: DictConfig) -> str:
-    requested = OmegaConf.select(cfg, "model.scan_backend", default=None)
+def kernel_backend_line(cfg: DictConfig) -> str:
+    requested = OmegaConf.select(cfg, "model.kernel_backend", default=None)
     if requested is None:
-        return "scan backend: n/a (model has no selective scan)"
-    from stm3_lightning.models.stm3.scan import resolve_backend
+        return "kernel backend: n/a (model has no kernelled ops)"
+    from stm3_lightning.models.stm3.kernels.backends import resolve_backend
 
     device = torch.device(
         "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     )
-    return f"scan backend: {resolve_backend(requested, device)} (requested {requested}, device {device.type})"
+    return (
+        f"kernel backend: {resolve_backend(requested, device)} (requested {requested}, device {device.type})"
+    )
 
 
 def summarize(cfg: DictConfig) -> str:
@@ -38,6 +40,6 @@ def summarize(cfg: DictConfig) -> str:
             f"model: {cfg.model.name} ({type(model).__name__})",
             f"params: {params}",
             f"trainable params: {trainable}",
-            scan_backend_line(cfg),
+            kernel_backend_line(cfg),
         ]
     )

@@ -1,4 +1,4 @@
-"""Small STM3 builds shared by the STM3 model tests (CPU, torch scan backend, short windows)."""
+"""Small STM3 builds shared by the STM3 model tests (CPU, torch kernel backend, short windows)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from stm3_lightning.models.stm3.network import STM3Network
 from stm3_lightning.types import DataInfo
 
 SMALL_INFO = DataInfo(num_nodes=6, input_len=8, horizon=3)
-SMALL_SIZES = {"hidden_dim": 2, "node_emb_dim": 4, "d_state": 4, "scan_backend": "torch"}
+SMALL_SIZES = {"hidden_dim": 2, "node_emb_dim": 4, "d_state": 4, "kernel_backend": "torch"}
 
 
 def small_config(model: str = "stm3", **overrides: object) -> STM2Config:

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from stm3_lightning.models.stm3.config import STM2Config, STM3Config, coerce_config
+from stm3_lightning.models.stm3 import config
+from stm3_lightning.models.stm3.config import (
+    Contrastive,
+    KernelBackend,
+    Router,
+    STM2Config,
+    STM3Config,
+    coerce_config,
+)
+from stm3_lightning.models.stm3.kernels import backends
 
 REPO = Path(__file__).resolve().parents[3]
 DATASETS = {
@@ -59,8 +68,32 @@ def test_contrastive_off_spellings_are_accepted() -> None:
     # YAML turns `off` into a boolean; the interface is `contrastive: off`.
     assert _from_yaml(STM3Config, "contrastive: off").contrastive == "off"
     assert _from_yaml(STM3Config, "contrastive: none\nagccn: false").contrastive == "off"
-    with pytest.raises(ValueError, match="boolean"):
+    assert _from_yaml(STM3Config, "contrastive: off").contrastive is Contrastive.off
+    with pytest.raises(ValueError, match="model.router=False was read as a boolean"):
         _from_yaml(STM3Config, "router: off")
+
+
+def test_choices_become_enum_members_that_read_as_strings() -> None:
+    cfg = _from_yaml(STM3Config, "router: hidden\nkernel_backend: ref")
+    assert cfg.router is Router.hidden and cfg.kernel_backend is KernelBackend.ref
+    assert cfg.router == "hidden" and f"{cfg.router}" == str(cfg.router) == "hidden"
+    # A validated config turns back into the same YAML (members are written as their values).
+    assert "router: hidden" in OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    with pytest.raises(
+        ValueError, match="Invalid model.kernel_backend='triton'; choose one of auto, torch, ref"
+    ):
+        coerce_config(STM3Config(kernel_backend="triton"), STM3Config)
+
+
+def test_scan_backend_is_a_deprecated_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "_warned", set())
+    with pytest.warns(DeprecationWarning, match="model.scan_backend is deprecated; use model.kernel_backend"):
+        cfg = _from_yaml(STM3Config, "scan_backend: ref")
+    assert cfg.kernel_backend is KernelBackend.ref and cfg.scan_backend is None
+    assert _from_yaml(STM3Config, "scan_backend: torch\nkernel_backend: torch").kernel_backend == "torch"
+    with pytest.raises(ValueError, match="model.scan_backend=ref and model.kernel_backend=torch disagree"):
+        _from_yaml(STM3Config, "scan_backend: ref\nkernel_backend: torch")
+    assert config.STM2Config().scan_backend is None
 
 
 @pytest.mark.parametrize(
@@ -68,7 +101,15 @@ def test_contrastive_off_spellings_are_accepted() -> None:
     [
         ({"router": "token"}, "model.router"),
         ({"preprocess_axis": "space"}, "model.preprocess_axis"),
-        ({"scan_backend": "triton"}, "model.scan_backend"),
+        ({"kernel_backend": "triton"}, "model.kernel_backend"),
+        pytest.param(
+            {"scan_backend": "triton"},
+            "model.scan_backend",
+            marks=pytest.mark.filterwarnings("ignore:model.scan_backend is deprecated"),
+        ),
+        ({"router_grad": "st"}, "model.router_grad"),
+        ({"init": "xavier"}, "model.init"),
+        ({"contrastive": True}, "model.contrastive=True was read as a boolean"),
         ({"top_k": 5}, "top_k"),
         ({"scales": []}, "model.scales"),
         ({"hidden_dim": 0}, "model.hidden_dim"),

@@ -52,7 +52,7 @@ def _reference(m: MultiscaleMamba, h: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("backend", ["torch", "ref"])
 def test_matches_the_hand_written_reference(backend: str) -> None:
     torch.manual_seed(0)
-    m = MultiscaleMamba(8, [1, 3, 5, 7], d_state=4, scan_backend=backend)
+    m = MultiscaleMamba(8, [1, 3, 5, 7], d_state=4, kernel_backend=backend)
     torch.nn.init.normal_(m.A_log, std=0.3)
     h = torch.randn(3, 9, 8)
     out = m(h)
@@ -82,7 +82,7 @@ def test_ssm_reset_is_mambas() -> None:
 
 def test_time_is_causal_beyond_the_multiscale_kernels() -> None:
     torch.manual_seed(0)
-    m = MultiscaleMamba(4, [1, 3], d_state=2, scan_backend="torch")
+    m = MultiscaleMamba(4, [1, 3], d_state=2, kernel_backend="torch")
     h = torch.randn(1, 12, 4)
     h2 = h.clone()
     h2[0, 8] += 1.0

@@ -7,7 +7,7 @@ import torch
 
 from stm3_lightning.models.stm3.moe import MixtureOfExperts
 
-KW = {"mamba_kwargs": {"d_state": 4, "scan_backend": "torch"}}
+KW = {"mamba_kwargs": {"d_state": 4, "kernel_backend": "torch"}}
 
 
 def _moe(seed: int = 0, **overrides: object) -> MixtureOfExperts:

@@ -69,7 +69,9 @@ def test_every_parameter_gets_a_gradient() -> None:
     # exact arithmetic (q . b_k is the same for every key, and softmax ignores shifts), only rounding noise;
     # (3) an expert routed no row gets no gradient: 16 nodes make every expert routed here (checked below).
     torch.manual_seed(0)
-    model = STM3Network(STM3Config(hidden_dim=2, node_emb_dim=4, d_state=4, scan_backend="torch"), WIDE_INFO)
+    model = STM3Network(
+        STM3Config(hidden_dim=2, node_emb_dim=4, d_state=4, kernel_backend="torch"), WIDE_INFO
+    )
     x = torch.randn(2, 8, 16, 1)
     diags = model.routing_diagnostics(x)
     assert all(set(d["assign"].unique().tolist()) == {0, 1, 2, 3} for d in diags)
@@ -144,7 +146,7 @@ VARIANTS = [
         "top_k": 2,
         "scales": [1, 3, 5],
         "init": "mamba",
-        "scan_backend": "ref",
+        "kernel_backend": "ref",
         "num_layers": 1,
     },
 ]
@@ -209,7 +211,7 @@ def test_registry_builds_from_the_yaml(info: DataInfo) -> None:
     cfg = OmegaConf.merge(
         OmegaConf.structured(STM3Config), OmegaConf.load(REPO / "configs" / "model" / "stm3.yaml")
     )
-    cfg.hidden_dim, cfg.scan_backend = 2, "torch"
+    cfg.hidden_dim, cfg.kernel_backend = 2, "torch"
     model = build_model(cfg, info)
     assert isinstance(model, STM3Network) and model.cfg.hidden_dim == 2
 

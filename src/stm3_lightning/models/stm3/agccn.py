@@ -69,7 +69,7 @@ class AGCCN(nn.Module):
     """Graph convolution -> LayerNorm_[D,Q] -> (+ causal scale attention) -> LayerNorm_[D,Q] (the release's dgcn).
 
     ``graph=False`` replaces the graph convolution by the identity; ``attention=False`` drops the attention term;
-    ``fused=False`` keeps the scale attention off its fused CPU kernel.
+    ``kernel_backend`` picks the scale attention's implementation (see :mod:`.kernels.backends`).
     The caller adds the output to its input (residual).
     """
 
@@ -81,11 +81,11 @@ class AGCCN(nn.Module):
         cheb_k: int,
         graph: bool = True,
         attention: bool = True,
-        fused: bool = True,
+        kernel_backend: str = "auto",
     ) -> None:
         super().__init__()
         self.graph = AdaptiveGraphConv(dim, node_emb_dim, cheb_k) if graph else None
-        self.attention = CausalScaleAttention(dim, fused=fused) if attention else None
+        self.attention = CausalScaleAttention(dim, kernel_backend) if attention else None
         self.norm1 = nn.LayerNorm([dim, num_scales])
         self.norm2 = nn.LayerNorm([dim, num_scales])
 

@@ -2,28 +2,63 @@
 
 Defaults are the official release's PEMSD8 configuration (reference §4), so ``model=stm3`` with no overrides is
 the faithful network. Binary switches are booleans (``agccn: false``, ``shared_expert: off``); multi-valued switches
-are strings. YAML reads ``off`` as the boolean false, so ``contrastive: off`` arrives as ``False``/``"False"``; it is
-accepted, like ``none``, as an alias of ``off``.
+are :class:`~stm3_lightning.choices.Choice` enums, validated and converted by :func:`validate`. Their fields are annotated ``str``
+(the members are strings) so that OmegaConf keeps what YAML wrote: YAML reads ``off`` as the boolean false, so
+``contrastive: off`` arrives as ``False``/``"False"`` and is accepted, like ``none``, as an alias of ``off``.
+``scan_backend`` is the deprecated spelling of ``kernel_backend``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from stm3_lightning.choices import Choice
 from stm3_lightning.config.schema import ModelConfig
+from stm3_lightning.models.stm3.kernels.backends import KernelBackend, warn_once
 
-PREPROCESS_AXES = ("node", "time")
-INITS = ("official", "mamba", "default")
-SCAN_BACKENDS = ("auto", "torch", "ref", "cuda")
-ROUTERS = ("node", "hidden")
-ROUTER_GRADS = ("released", "straight_through")
-CONTRASTIVE = ("released", "repaired", "off")
-# Spellings of "off" that YAML/OmegaConf produce from `off` or that users write.
-CONTRASTIVE_OFF_ALIASES = (False, "False", "false", "none", "None")
+log = logging.getLogger(__name__)
+
+
+class PreprocessAxis(Choice):
+    node = "node"
+    time = "time"
+
+
+class Init(Choice):
+    official = "official"
+    mamba = "mamba"
+    default = "default"
+
+
+class Router(Choice):
+    node = "node"
+    hidden = "hidden"
+
+
+class RouterGrad(Choice):
+    released = "released"
+    straight_through = "straight_through"
+
+
+class Contrastive(Choice):
+    released = "released"
+    repaired = "repaired"
+    off = "off"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Contrastive | None:
+        # Spellings of "off" that YAML/OmegaConf produce from `off` or that users write.
+        return cls.off if value in (False, "False", "false", "none", "None") else None
+
+
+def choice(default: Choice) -> Any:
+    """A config field holding a member of ``type(default)`` (checked and converted by :func:`validate`)."""
+    return field(default=default, metadata={"choice": type(default)})
 
 
 @dataclass
@@ -40,7 +75,7 @@ class STM2Config(ModelConfig):
     # Kernel sizes of the multiscale convolutions; their count is Q, the number of scales.
     scales: list[int] = field(default_factory=lambda: [1, 3, 5, 7])
     # Axis of the input multiscale convolutions: ``node`` (what the release computes) or ``time`` (the paper).
-    preprocess_axis: str = "node"
+    preprocess_axis: str = choice(PreprocessAxis.node)
     # Adaptive graph Chebyshev convolution and the causal attention over scales (each can be switched off).
     agccn: bool = True
     scale_attention: bool = True
@@ -51,9 +86,11 @@ class STM2Config(ModelConfig):
     expand: int = 2
     # ``official``: run.py's global re-init (xavier for >1-D tensors, U(0, 1) otherwise); ``mamba``: the same but
     # Mamba's A/D/dt initialisation kept (dt offset zero); ``default``: the modules' constructor initialisation.
-    init: str = "official"
-    # Selective scan and causal convolution implementation: auto | torch | ref | cuda.
-    scan_backend: str = "auto"
+    init: str = choice(Init.official)
+    # Implementation of the selective scan, causal conv and scale attention: auto | torch | ref | cuda | chunked.
+    kernel_backend: str = choice(KernelBackend.auto)
+    # Deprecated alias of kernel_backend (moved there by validate, which leaves it unset).
+    scan_backend: str | None = None
 
 
 @dataclass
@@ -64,18 +101,18 @@ class STM3Config(STM2Config):
     num_experts: int = 4
     top_k: int = 1
     # ``node``: route on the learned node embedding (released); ``hidden``: on the time-mean of the hidden state.
-    router: str = "node"
+    router: str = choice(Router.node)
     # Uniform noise ``router_noise * U(0, 1)`` added to the router logits (the release adds it in eval too).
     router_noise: float = 0.01
     router_noise_at_eval: bool = True
     # ``released``: weights p / (sum p + 1e-8), so the gate gets a ~1e-8 gradient; ``straight_through``: same
     # forward value, gradient as if the weights were p.
-    router_grad: str = "released"
+    router_grad: str = choice(RouterGrad.released)
     # Always-on expert mixed in with a per-node sigmoid gate.
     shared_expert: bool = True
     # Causal contrastive loss: ``released`` (as the code), ``repaired`` (adjacent-scale positives, real negatives,
     # masked logits -inf) or ``off``.
-    contrastive: str = "released"
+    contrastive: str = choice(Contrastive.released)
     contrast_loss_weight: float = 0.1
     temperature: float = 0.1
     gamma1: float = 0.1
@@ -86,14 +123,20 @@ class STM3Config(STM2Config):
 C = TypeVar("C", bound=STM2Config)
 
 
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if isinstance(value, bool) or value in ("True", "False"):
+def _move_scan_backend(cfg: STM2Config) -> None:
+    """Map the deprecated ``scan_backend`` onto ``kernel_backend`` (once-per-process deprecation message)."""
+    if cfg.scan_backend is None:
+        return
+    message = "model.scan_backend is deprecated; use model.kernel_backend."
+    if warn_once("scan_backend", message, DeprecationWarning):
+        log.warning(message)  # DeprecationWarnings are hidden by default; the log line is seen
+    old = KernelBackend.parse("model.scan_backend", cfg.scan_backend)
+    if KernelBackend.parse("model.kernel_backend", cfg.kernel_backend) not in (KernelBackend.auto, old):
         raise ValueError(
-            f"model.{key}={value} was read as a boolean (YAML turns on/off/no into booleans); "
-            f"write one of {', '.join(allowed)}."
+            f"model.scan_backend={old} and model.kernel_backend={cfg.kernel_backend} disagree; "
+            "keep only model.kernel_backend (model.scan_backend=null)."
         )
-    if value not in allowed:
-        raise ValueError(f"Invalid model.{key}={value!r}; choose one of {', '.join(allowed)}.")
+    cfg.kernel_backend, cfg.scan_backend = old, None
 
 
 def _check_positive(cfg: STM2Config, *keys: str) -> None:
@@ -103,10 +146,15 @@ def _check_positive(cfg: STM2Config, *keys: str) -> None:
 
 
 def validate(cfg: STM2Config) -> None:
-    """Raise ``ValueError`` (one sentence, naming the key) for values the types cannot rule out."""
-    _check_choice("preprocess_axis", cfg.preprocess_axis, PREPROCESS_AXES)
-    _check_choice("init", cfg.init, INITS)
-    _check_choice("scan_backend", cfg.scan_backend, SCAN_BACKENDS)
+    """Raise ``ValueError`` (one sentence, naming the key) for values the types cannot rule out.
+
+    Converts the choice fields to their enum members (aliases resolved) and ``scan_backend`` to ``kernel_backend``.
+    """
+    _move_scan_backend(cfg)
+    for f in fields(cfg):
+        kind = f.metadata.get("choice")
+        if kind is not None:
+            setattr(cfg, f.name, kind.parse(f"model.{f.name}", getattr(cfg, f.name)))
     _check_positive(cfg, "num_layers", "hidden_dim", "node_emb_dim", "cheb_k", "d_state", "d_conv", "expand")
     if not cfg.scales or any(int(k) < 1 for k in cfg.scales):
         raise ValueError(
@@ -114,11 +162,6 @@ def validate(cfg: STM2Config) -> None:
         )
     if not isinstance(cfg, STM3Config):
         return
-    _check_choice("router", cfg.router, ROUTERS)
-    _check_choice("router_grad", cfg.router_grad, ROUTER_GRADS)
-    if cfg.contrastive in CONTRASTIVE_OFF_ALIASES:
-        cfg.contrastive = "off"
-    _check_choice("contrastive", cfg.contrastive, CONTRASTIVE)
     _check_positive(cfg, "num_experts", "top_k")
     if cfg.top_k > cfg.num_experts:
         raise ValueError(f"model.top_k={cfg.top_k} exceeds model.num_experts={cfg.num_experts}; lower top_k.")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stm3_lightning.models.stm3.causal_conv import causal_conv1d
-from stm3_lightning.models.stm3.scan import selective_scan
+from stm3_lightning.models.stm3.kernels.causal_conv import causal_conv1d
+from stm3_lightning.models.stm3.kernels.scan import selective_scan
 
 
 def merged_same_kernels(convs: Iterable[nn.Conv1d]) -> tuple[Tensor, Tensor, int]:
@@ -46,7 +46,7 @@ class MultiscaleMamba(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
-        scan_backend: str = "auto",
+        kernel_backend: str = "auto",
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
@@ -63,7 +63,7 @@ class MultiscaleMamba(nn.Module):
                 f"{self.num_scales}; change model.expand or model.scales."
             )
         self.scale_dim = self.d_inner // self.num_scales
-        self.scan_backend = scan_backend
+        self.kernel_backend = kernel_backend
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         # Direct parameters first (as nn.Module lists them), in the release's order.
         self.dt_embedding = nn.Parameter(torch.empty(self.d_inner))
@@ -113,7 +113,7 @@ class MultiscaleMamba(nn.Module):
         x, z = xz.chunk(2, dim=1)
         x = self.multiscale(x)
         x = causal_conv1d(
-            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu", backend=self.scan_backend
+            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu", backend=self.kernel_backend
         )
         x_dbl = torch.tanh(self.x_proj(x.transpose(1, 2)))  # [b, L, r + 2n]
         dt_raw, b_in, c_in = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -129,6 +129,6 @@ class MultiscaleMamba(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
-            backend=self.scan_backend,
+            backend=self.kernel_backend,
         )
         return self.out_proj(y.transpose(1, 2))

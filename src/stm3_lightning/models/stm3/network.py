@@ -37,13 +37,13 @@ class STM3Layer(nn.Module):
                 cfg.cheb_k,
                 graph=cfg.agccn,
                 attention=cfg.scale_attention,
-                fused=cfg.scan_backend != "ref",
+                kernel_backend=cfg.kernel_backend,
             )
             if cfg.agccn or cfg.scale_attention
             else None
         )
         mamba_kwargs = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand}
-        mamba_kwargs["scan_backend"] = cfg.scan_backend
+        mamba_kwargs["kernel_backend"] = cfg.kernel_backend
         if isinstance(cfg, STM3Config):
             self.moe: MixtureOfExperts | None = MixtureOfExperts(
                 d * q,

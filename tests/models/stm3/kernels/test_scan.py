@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from stm3_lightning.models.stm3 import scan
-from stm3_lightning.models.stm3.scan import (
-    SCAN_BACKENDS,
+from stm3_lightning.models.stm3.kernels import backends, scan
+from stm3_lightning.models.stm3.kernels.scan import (
     cpu_scan_kernel_available,
-    load_cpu_kernel,
-    resolve_backend,
     selective_scan,
     selective_scan_ref,
 )
@@ -58,7 +53,7 @@ def use_impl(monkeypatch: pytest.MonkeyPatch, impl: str) -> None:
         if not cpu_scan_kernel_available():
             pytest.skip("no C++ compiler: the CPU scan kernel is unavailable")
     else:
-        monkeypatch.setattr(scan, "_use_cpu_kernel", lambda u: False)
+        monkeypatch.setattr(scan, "KERNEL_DTYPES", ())
 
 
 def available_impls() -> list[str]:
@@ -184,28 +179,8 @@ def test_no_grad_forward() -> None:
     assert_close_scaled(y, selective_scan_ref(**x), 1e-5, "y")
 
 
-def test_resolve_backend() -> None:
-    assert SCAN_BACKENDS == ("auto", "torch", "ref", "cuda")
-    cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == "torch"
-    if not scan.cuda_ops_importable():
-        assert resolve_backend("auto", torch.device("cuda")) == "torch"
-    for name in ("torch", "ref", "cuda"):
-        assert resolve_backend(name, cpu) == name
-    with pytest.raises(ValueError, match="Unknown scan backend 'fast'"):
-        resolve_backend("fast", cpu)
-
-
-def test_resolve_backend_logs_choice_once(caplog: pytest.LogCaptureFixture) -> None:
-    scan._log_choice.cache_clear()
-    with caplog.at_level(logging.INFO, logger=scan.__name__):
-        resolve_backend("auto", torch.device("cpu"))
-        resolve_backend("auto", torch.device("cpu"))
-    assert sum("resolved to 'torch'" in r.getMessage() for r in caplog.records) == 1
-
-
 def test_cuda_backend_on_cpu_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scan, "_warned", set())
+    monkeypatch.setattr(backends, "_warned", set())
     x = make_inputs(2, 16, 16, 9)
     with pytest.warns(UserWarning, match="needs CUDA tensors"):
         y = selective_scan(**x, backend="cuda")
@@ -217,29 +192,3 @@ def test_rejects_grouped_b() -> None:
     x["B"] = x["B"][:, None]
     with pytest.raises(ValueError, match="grouped"):
         selective_scan(**x)
-
-
-def test_kernel_loader_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """A missing compiler makes the loader return None with one warning (callers fall back)."""
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("STM3_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(scan, "_warned", set())
-    with pytest.warns(UserWarning, match="Compiling the probe CPU kernel failed"):
-        assert load_cpu_kernel("probe", "// missing compiler\n") is None
-
-
-def test_kernel_loader_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STM3_CPU_KERNELS", "0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert load_cpu_kernel("disabled", "// off\n") is None
-
-
-def test_kernel_loader_compiles_and_caches(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    if not cpu_scan_kernel_available():
-        pytest.skip("no C++ compiler")
-    monkeypatch.setenv("STM3_KERNEL_CACHE", str(tmp_path))
-    source = 'extern "C" int stm3_probe(int x) { return 2 * x; }\n'
-    lib = load_cpu_kernel("probe_ok", source)
-    assert lib is not None and lib.stm3_probe(21) == 42
-    assert len(list(tmp_path.glob("probe_ok-*.so"))) == 1

@@ -8,8 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stm3_lightning.models.stm3 import causal_conv
-from stm3_lightning.models.stm3.causal_conv import causal_conv1d, causal_conv1d_ref, cpu_conv_kernel_available
+from stm3_lightning.models.stm3.kernels import causal_conv
+from stm3_lightning.models.stm3.kernels.backends import Impl
+from stm3_lightning.models.stm3.kernels.causal_conv import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    conv_impl,
+    cpu_conv_kernel_available,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -109,5 +115,13 @@ def test_errors() -> None:
         causal_conv1d(x, weight, activation="relu")
     with pytest.raises(ValueError, match=r"weight: \[d, k\]"):
         causal_conv1d(x, torch.randn(3, 3))
-    with pytest.raises(ValueError, match="Unknown scan backend"):
+    with pytest.raises(ValueError, match="Unknown kernel backend 'fast'"):
         causal_conv1d(x, weight, backend="fast")
+
+
+def test_conv_impl_per_backend_and_dtype() -> None:
+    x = torch.randn(2, 16, 8)
+    kernel = Impl.kernel if cpu_conv_kernel_available() else Impl.eager
+    assert conv_impl(x, "torch") is kernel and conv_impl(x, "auto") is kernel
+    assert conv_impl(x, "ref") is Impl.ref
+    assert conv_impl(x.double(), "torch") is Impl.eager

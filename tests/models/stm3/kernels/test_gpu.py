@@ -1,17 +1,13 @@
-"""GPU checks of the scan and conv backends: torch on CUDA vs the CPU reference, and cuda (mamba_ssm) vs torch."""
+"""GPU checks of the scan and conv kernel backends: torch on CUDA vs the CPU reference, and cuda (mamba_ssm) vs torch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stm3_lightning.models.stm3.causal_conv import causal_conv1d, causal_conv1d_ref
-from stm3_lightning.models.stm3.scan import (
-    cuda_ops_importable,
-    resolve_backend,
-    selective_scan,
-    selective_scan_ref,
-)
+from stm3_lightning.models.stm3.kernels.backends import cuda_ops_importable, resolve_backend
+from stm3_lightning.models.stm3.kernels.causal_conv import causal_conv1d, causal_conv1d_ref
+from stm3_lightning.models.stm3.kernels.scan import selective_scan, selective_scan_ref
 
 pytestmark = [
     pytest.mark.gpu,

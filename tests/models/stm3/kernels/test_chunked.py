@@ -145,10 +145,15 @@ def test_bf16_autocast_keeps_the_recurrence_in_fp32() -> None:
     bf16 at the end (outputs and gradients): no operation inside runs in bf16."""
     x = make_inputs(2, 4, 16, 64)
     activations = ("u", "delta", "z", "B", "C")  # what bf16 Linear layers produce; A, D, delta_bias stay fp32
-    low = {k: (v.detach().bfloat16() if k in activations else v.detach()).requires_grad_(True) for k, v in x.items()}
+    low = {
+        k: (v.detach().bfloat16() if k in activations else v.detach()).requires_grad_(True)
+        for k, v in x.items()
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16):
         actual = values_and_grads(selective_scan_chunked, low)
-    exact = values_and_grads(selective_scan_chunked, {k: v.detach().float().requires_grad_(True) for k, v in low.items()})
+    exact = values_and_grads(
+        selective_scan_chunked, {k: v.detach().float().requires_grad_(True) for k, v in low.items()}
+    )
     assert actual["y"].dtype == torch.bfloat16
     for name, want in exact.items():
         expected = want.to(actual[name].dtype)

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from stm3_lightning.models.stm3.causal_conv import causal_conv1d_ref
 from stm3_lightning.models.stm3.kernels.chunked import (
     causal_conv1d_chunked,
+    causal_conv1d_ref,
     default_chunk_size,
     selective_scan_chunked,
     selective_scan_ref,

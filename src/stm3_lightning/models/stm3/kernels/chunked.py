@@ -39,12 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-# The pure-PyTorch oracle this module is tested against (imported here only, so its location is one line).
+# The pure-PyTorch oracles this module is tested against (imported here only, so their location is one place).
+from stm3_lightning.models.stm3.causal_conv import causal_conv1d_ref
 from stm3_lightning.models.stm3.scan import selective_scan_ref
 
 __all__ = [
     "BLOCK_ELEMENTS",
     "causal_conv1d_chunked",
+    "causal_conv1d_ref",
     "default_chunk_size",
     "selective_scan_chunked",
     "selective_scan_ref",

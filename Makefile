@@ -16,10 +16,14 @@ CKPT ?=
 RUNS ?= outputs
 SWEEP ?= experiments/sweeps/ablations_pems08.yaml
 SWEEP_ID ?=
+# gpu-check: the interpreter with CUDA PyTorch on the GPU machine; wheels: what it lacks, for its Python.
+GPU_PYTHON ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS ?= omegaconf==2.4.0 PyYAML==6.0.4
 
 TRAIN_ARGS := $(if $(DATA),data=$(DATA)) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 
-.PHONY: baselines help setup test test-fast test-gpu lint format train eval summary datasets bench report ablations sweep agent clean-logs
+.PHONY: baselines help setup test test-fast test-gpu gpu-check wheels lint format train eval summary datasets bench report ablations sweep agent clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -36,8 +40,16 @@ test: ## Run the whole test suite (slow tests included)
 test-fast: ## Run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"
 
-test-gpu: ## Run the CUDA parity tests (needs a GPU and the cuda extra)
+test-gpu: ## Run the gpu-marked tests (need a CUDA GPU; the mamba-ssm ones also the cuda extra)
 	$(BIN)/pytest -q -m gpu
+
+gpu-check: ## On a GPU machine: gpu tests + PEMS08 epoch benchmark -> benchmarks/results/gpu.json (<= 8 min)
+	PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_check.sh
+
+wheels: ## Download into .whl/ the wheels gpu-check installs on a GPU machine without network (GPU_PY_VERSION)
+	$(BIN)/pip download --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 lint: ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks

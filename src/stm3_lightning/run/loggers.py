@@ -108,7 +108,7 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str | None)
 
 
 def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logger | None:
-    """A started ``WandbLogger`` (online or offline) or ``None`` when disabled.
+    """A started ``WandbLogger`` (online or offline) or ``None`` when disabled or ``wandb`` is not installed.
 
     Online runs are started here, so a failing ``wandb.init`` (bad API key, server error, timeout) is caught
     and the run continues offline instead of crashing at the first log call.
@@ -116,8 +116,14 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
     mode = resolve_wandb_mode(cfg.logger.wandb)
     if mode == "disabled":
         return None
+    try:
+        import wandb
+    except ImportError:
+        log.warning(
+            "W&B: the wandb package is not installed; logging to CSV only (`pip install wandb` for W&B)."
+        )
+        return None
     run_id = previous_wandb_id(run_dir) if resuming else None
-    import wandb
 
     if wandb.run is not None:
         # WandbLogger would attach to a run left open by an earlier run in this process and write there.

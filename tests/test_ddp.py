@@ -24,7 +24,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from stm3_lightning.config.compose import compose
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
-from stm3_lightning.run.builders import build_datamodule, build_forecaster
+from stm3_lightning.run.builders import build_datamodule, build_forecaster, load_before_writing
 
 TINY = [
     "model=linear",
@@ -88,6 +88,7 @@ def evaluate(
 ) -> tuple[dict[str, float], int]:
     """Logged metrics of ``trainer.<stage>`` on ``devices`` processes, and the number of windows evaluated."""
     dm = make_dm(cfg)
+    load_before_writing(dm)  # as `stm3 eval` does in the launching process: window counts known here
     module = build_forecaster(cfg, dm.info)  # fresh module and metric states for every run
     run = getattr(make_trainer(devices), stage)
     logged = run(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=True, verbose=False)[0]

@@ -14,7 +14,9 @@ from stm3_lightning.config.compose import compose
 from stm3_lightning.config.safety import SAFE_RESOLVERS, registered_resolvers
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "stm3_lightning"
-RESTRICTED_UNPICKLER_MODULE = "data/formats.py"  # the DCRNN adjacency pickle: containers and arrays only
+RESTRICTED_UNPICKLER_MODULE = (
+    "data/graph_formats.py"  # the DCRNN adjacency pickle: containers and arrays only
+)
 
 
 def _keyword(call: ast.Call, name: str) -> object:

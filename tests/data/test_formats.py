@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from stm3_lightning.data import formats
+from stm3_lightning.data import formats, graph_formats
 from stm3_lightning.data.catalogue import DATASETS
 from stm3_lightning.data.errors import CorruptFileError, DataWarning, FormatError, MissingDataError
 from stm3_lightning.data.reading import load_series
@@ -272,7 +272,7 @@ def test_edge_list_zero_based(tmp_path: Path) -> None:
     )
     expected = np.zeros((3, 3), np.float32)
     expected[0, 2] = expected[2, 1] = 1
-    np.testing.assert_array_equal(formats.read_edge_list(path, 3), expected)
+    np.testing.assert_array_equal(graph_formats.read_edge_list(path, 3), expected)
 
 
 def test_edge_list_with_sensor_ids(tmp_path: Path) -> None:
@@ -283,13 +283,13 @@ def test_edge_list_with_sensor_ids(tmp_path: Path) -> None:
         ["from", "to", "distance"],
         [["317842", "318711", "0.8"], ["318721", "318721", "0"]],
     )
-    adjacency = formats.read_edge_list(path, 3, ids)
+    adjacency = graph_formats.read_edge_list(path, 3, ids)
     assert adjacency[0, 1] == 1 and adjacency[2, 2] == 1 and adjacency.sum() == 2
     bad = write_csv(tmp_path / "bad.csv", ["from", "to", "cost"], [["317842", "999", "1"]])
     with pytest.raises(FormatError, match="sensor '999'"):
-        formats.read_edge_list(bad, 3, ids)
+        graph_formats.read_edge_list(bad, 3, ids)
     with pytest.raises(FormatError, match="3 distinct sensor ids in 3 lines but the dataset has 4 nodes"):
-        formats.read_edge_list(path, 4, ids)
+        graph_formats.read_edge_list(path, 4, ids)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_edge_list_errors(
 ) -> None:
     path = write_csv(tmp_path / "g.csv", ["from", "to", "cost"], rows)
     with pytest.raises(error, match=message):
-        formats.read_edge_list(path, 3)
+        graph_formats.read_edge_list(path, 3)
 
 
 # --------------------------------------------------------------------------------------------- pickles
@@ -328,7 +328,7 @@ def test_adjacency_pickle(tmp_path: Path, protocol: int, legacy: bool) -> None:
     path = dcrnn_pickle(tmp_path / "adj_mx.pkl", adjacency, protocol, legacy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numpy.core deprecation noise either
-        np.testing.assert_array_equal(formats.read_adjacency_pickle(path), adjacency)
+        np.testing.assert_array_equal(graph_formats.read_adjacency_pickle(path), adjacency)
 
 
 class _Exploit:
@@ -341,7 +341,7 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path: Path, monkeypatch: py
     path = tmp_path / "adj_mx.pkl"
     path.write_bytes(pickle.dumps([["a"], _Exploit(), np.eye(2)], protocol=2))
     with pytest.raises(FormatError, match=r"refers to posix.system|refers to os.system"):
-        formats.read_adjacency_pickle(path)
+        graph_formats.read_adjacency_pickle(path)
     assert not (tmp_path / "EXPLOITED").exists()
 
 
@@ -349,10 +349,10 @@ def test_pickle_without_square_matrix_and_truncated(tmp_path: Path) -> None:
     path = tmp_path / "a.pkl"
     path.write_bytes(pickle.dumps([["a"], {"a": 0}, np.zeros((2, 3))]))
     with pytest.raises(FormatError, match="no square matrix"):
-        formats.read_adjacency_pickle(path)
+        graph_formats.read_adjacency_pickle(path)
     dcrnn_pickle(path, np.eye(30, dtype=np.float32), 4)
     with pytest.raises(CorruptFileError, match="pickle"):
-        formats.read_adjacency_pickle(truncate(path, 0.5))
+        graph_formats.read_adjacency_pickle(truncate(path, 0.5))
 
 
 # --------------------------------------------------------------------------------------------- to_series

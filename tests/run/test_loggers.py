@@ -11,15 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.schema import WandbConfig
 from stm3_lightning.run.loggers import (
-    ContinuedCSVLogger,
-    previous_wandb_id,
+    WANDB_ID_FILE,
+    continue_csv_log,
     resolve_wandb_mode,
     wandb_reachable,
+    wandb_run_id,
 )
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
@@ -144,12 +146,12 @@ def test_no_credentials_means_offline(online_env: pytest.MonkeyPatch) -> None:
     assert resolve_wandb_mode(WandbConfig(mode="online")) == "offline"
 
 
-def test_previous_wandb_id(tmp_path: Path) -> None:
-    assert previous_wandb_id(tmp_path) is None
-    (tmp_path / "wandb" / "offline-run-20250101_120000-abc123").mkdir(parents=True)
-    (tmp_path / "wandb" / "run-20250102_090000-def456").mkdir()
-    (tmp_path / "wandb" / "latest-run").symlink_to(tmp_path / "wandb" / "run-20250102_090000-def456")
-    assert previous_wandb_id(tmp_path) == "def456"
+def test_wandb_run_id_is_read_from_the_run_folder(tmp_path: Path) -> None:
+    fresh = {wandb_run_id(tmp_path, resuming=True) for _ in range(3)}  # no stored id yet: new ones
+    assert len(fresh) == 3 and all(len(i) == 8 and i.isalnum() for i in fresh)
+    (tmp_path / WANDB_ID_FILE).write_text("abc123\n")
+    assert wandb_run_id(tmp_path, resuming=True) == "abc123"
+    assert wandb_run_id(tmp_path, resuming=False) != "abc123"
 
 
 def test_resumed_csv_keeps_history_up_to_the_checkpoint(tmp_path: Path) -> None:
@@ -159,7 +161,8 @@ def test_resumed_csv_keeps_history_up_to_the_checkpoint(tmp_path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss"])
         writer.writeheader()
         writer.writerows({"epoch": 0, "step": s, "train/loss": 10 - s} for s in range(0, 10, 2))
-    logger = ContinuedCSVLogger(str(tmp_path), until_step=5, name="csv", version="")
+    logger = CSVLogger(str(tmp_path), name="csv", version="")
+    continue_csv_log(logger, until_step=5)
     logger.log_metrics({"train/loss": 4.5, "val/loss": 3.0}, step=6)
     logger.save()
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
@@ -188,12 +191,13 @@ def test_resumed_run_continues_its_wandb_run(online_env: pytest.MonkeyPatch, tmp
     from stm3_lightning.run.loggers import build_wandb_logger
 
     online_env.setenv("WANDB_MODE", "offline")
-    (tmp_path / "wandb" / "offline-run-20250101_120000-abc123").mkdir(parents=True)
     cfg = OmegaConf.create(
         {"tags": [], "logger": {"wandb": OmegaConf.structured(WandbConfig(mode="offline"))}}
     )
-    assert build_wandb_logger(cfg, tmp_path, resuming=True)._wandb_init["id"] == "abc123"
-    assert build_wandb_logger(cfg, tmp_path, resuming=False)._wandb_init["id"] is None
+    first = build_wandb_logger(cfg, tmp_path)._wandb_init["id"]
+    assert (tmp_path / WANDB_ID_FILE).read_text().strip() == first
+    assert build_wandb_logger(cfg, tmp_path, resuming=True)._wandb_init["id"] == first
+    assert build_wandb_logger(cfg, tmp_path, resuming=False)._wandb_init["id"] != first
 
 
 def test_run_never_attaches_to_a_wandb_run_left_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

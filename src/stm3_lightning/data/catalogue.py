@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from stm3_lightning.config.schema import DataConfig
-from stm3_lightning.data import formats
+from stm3_lightning.data import formats, graph_formats
 from stm3_lightning.data.datasets import DATASETS
 from stm3_lightning.data.download import parse_checksum
 from stm3_lightning.data.errors import DataError
@@ -51,7 +51,9 @@ def spec_problems(spec: DatasetSpec) -> list[str]:
         if f.fmt not in formats.ARRAY_FORMATS or f.layout not in formats.LAYOUTS
     ]
     problems += [
-        f"unknown graph format for {g.path}" for g in spec.adjacency if g.fmt not in formats.ADJACENCY_FORMATS
+        f"unknown graph format for {g.path}"
+        for g in spec.adjacency
+        if g.fmt not in graph_formats.ADJACENCY_FORMATS
     ]
     problems += [
         f"{g.ids.path} is not an id list" for g in spec.adjacency if g.ids is not None and g.ids.fmt != "ids"

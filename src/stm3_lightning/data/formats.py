@@ -13,19 +13,14 @@ Formats:
 - ``mat``: MATLAB v5 (``scipy.io.loadmat``) or v7.3 (HDF5, read with h5py and axes reversed to MATLAB order).
 - ``hdf``: a pandas ``DataFrame`` saved with ``to_hdf(format="fixed")`` (DCRNN ``metr-la.h5``), read with h5py.
 - ``csv``: a wide table whose first column is a timestamp and every other column one series (ETT, Electricity).
-- ``edges``: an edge list ``from,to,cost`` (ASTGCN ``PEMS08.csv``), optionally with sensor ids mapped to rows by
-  an id list (``PEMS03.txt``).
-- ``pickle``: DCRNN ``adj_mx.pkl`` (``[sensor_ids, sensor_id_to_ind, adj_mx]``), read with an unpickler that only
-  rebuilds lists, dicts, strings, numbers and numpy arrays (a pickle can otherwise run arbitrary code).
+
+Graph files (edge lists, DCRNN pickles) are read by :mod:`stm3_lightning.data.graph_formats`.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
-import importlib
 import math
-import pickle
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,10 +32,9 @@ import numpy as np
 from stm3_lightning.data.errors import CorruptFileError, DataError, FormatError, MissingDataError
 
 ARRAY_FORMATS: tuple[str, ...] = ("npz", "npy", "mat", "hdf", "csv")
-ADJACENCY_FORMATS: tuple[str, ...] = ("edges", "pickle")
 LAYOUTS: tuple[str, ...] = ("TNC", "SDN")
 
-_REFETCH = "it is truncated or corrupt: delete it and download or copy it again"
+REFETCH = "it is truncated or corrupt: delete it and download or copy it again"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -49,7 +43,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _reading(path: Path, kind: str) -> Iterator[None]:
+def reading(path: Path, kind: str) -> Iterator[None]:
     """Turn any parser exception raised inside the block into a one-sentence :class:`DataError`.
 
     Parsers (zipfile, numpy, scipy, h5py, csv) raise many unrelated exception types on bad input, so anything
@@ -67,10 +61,10 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
                 f"{path} contains pickled Python objects, which are never loaded (unpickling can run code); "
                 "re-save the data as a plain numeric array with numpy.save or numpy.savez."
             ) from exc
-        raise CorruptFileError(f"Cannot read {path} as {kind} ({_one_line(exc)}); {_REFETCH}.") from exc
+        raise CorruptFileError(f"Cannot read {path} as {kind} ({_one_line(exc)}); {REFETCH}.") from exc
     except Exception as exc:
         detail = f"{type(exc).__name__}: {_one_line(exc)}"
-        raise CorruptFileError(f"Cannot read {path} as {kind} ({detail}); {_REFETCH}.") from exc
+        raise CorruptFileError(f"Cannot read {path} as {kind} ({detail}); {REFETCH}.") from exc
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -84,13 +78,13 @@ def _head(path: Path) -> bytes:
 
 def _not_numpy(path: Path, head: bytes, kind: str) -> CorruptFileError:
     hint = " (it looks like an HTML page, e.g. a failed download)" if head.lstrip().startswith(b"<") else ""
-    return CorruptFileError(f"{path} is not {kind}: it starts with {head!r}{hint}; {_REFETCH}.")
+    return CorruptFileError(f"{path} is not {kind}: it starts with {head!r}{hint}; {REFETCH}.")
 
 
 def read_npz(path: str | Path, key: str = "data") -> np.ndarray:
     """The array stored under ``key`` in a ``.npz`` archive."""
     path = Path(path)
-    with _reading(path, "a .npz archive"):
+    with reading(path, "a .npz archive"):
         head = _head(path)
         if head.startswith(_NPY_MAGIC):
             raise FormatError(
@@ -112,7 +106,7 @@ def read_npz(path: str | Path, key: str = "data") -> np.ndarray:
 def read_npy(path: str | Path) -> np.ndarray:
     """The array stored in a ``.npy`` file."""
     path = Path(path)
-    with _reading(path, "a .npy array"):
+    with reading(path, "a .npy array"):
         head = _head(path)
         if head.startswith(_ZIP_MAGICS):
             raise FormatError(
@@ -154,7 +148,7 @@ def read_mat(path: str | Path, key: str | None = None) -> np.ndarray:
     import scipy.io
 
     path = Path(path)
-    with _reading(path, "a MATLAB .mat file"):
+    with reading(path, "a MATLAB .mat file"):
         try:
             names = _mat_variables(path)
         except NotImplementedError:  # v7.3 files are HDF5 containers
@@ -188,7 +182,7 @@ def _block_values(path: Path, group: Any, index: int, n_rows: int) -> tuple[list
     elif not row_major:
         raise CorruptFileError(
             f"{path} block {index} has shape {values.shape} for {n_rows} rows and {len(items)} columns; "
-            f"{_REFETCH}."
+            f"{REFETCH}."
         )
     if values.dtype.kind not in "fiub":
         raise FormatError(
@@ -208,12 +202,12 @@ def _frame_values(path: Path, group: Any) -> np.ndarray:
         items, values = _block_values(path, group, index, n_rows)
         unknown = [item for item in items if item not in position]
         if unknown:
-            raise CorruptFileError(f"{path} stores values for unknown columns {unknown[:3]}; {_REFETCH}.")
+            raise CorruptFileError(f"{path} stores values for unknown columns {unknown[:3]}; {REFETCH}.")
         cols = [position[item] for item in items]
         out[:, cols] = values
         filled[cols] = True
     if not filled.all():
-        raise CorruptFileError(f"{path} has {int((~filled).sum())} columns without values; {_REFETCH}.")
+        raise CorruptFileError(f"{path} has {int((~filled).sum())} columns without values; {REFETCH}.")
     return out
 
 
@@ -226,7 +220,7 @@ def read_pandas_hdf(path: str | Path, key: str | None = None) -> np.ndarray:
     import h5py
 
     path = Path(path)
-    with _reading(path, "an HDF5 file"), h5py.File(path, "r") as handle:
+    with reading(path, "an HDF5 file"), h5py.File(path, "r") as handle:
         kinds = {name: _text(node.attrs.get("pandas_type", "")) for name, node in handle.items()}
         frames = sorted(name for name, kind in kinds.items() if kind.startswith("frame"))
         if key is None and len(frames) == 1:
@@ -280,7 +274,7 @@ def _read_csv_slow(path: Path, header: list[str]) -> np.ndarray:
                 continue
             if len(fields) != len(header):
                 raise CorruptFileError(
-                    f"{path} line {line} has {len(fields)} fields but the header has {len(header)}; {_REFETCH}."
+                    f"{path} line {line} has {len(fields)} fields but the header has {len(header)}; {REFETCH}."
                 )
             rows.append([_parse_float(v, path, line, c) for v, c in zip(fields[1:], header[1:], strict=True)])
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(header) - 1)
@@ -293,7 +287,7 @@ def read_wide_csv(path: str | Path, last_column: str | None = None) -> np.ndarra
     become NaN; ``nan`` strings stay NaN.
     """
     path = Path(path)
-    with _reading(path, "a CSV table"):
+    with reading(path, "a CSV table"):
         header = _csv_header(path)
         try:
             with warnings.catch_warnings():
@@ -304,7 +298,7 @@ def read_wide_csv(path: str | Path, last_column: str | None = None) -> np.ndarra
         except ValueError:
             values = _read_csv_slow(path, header)
         if values.shape[0] == 0:
-            raise CorruptFileError(f"{path} has a header but no data rows; {_REFETCH}.")
+            raise CorruptFileError(f"{path} has a header but no data rows; {REFETCH}.")
     if last_column is not None:
         names = header[1:]
         if last_column not in names:
@@ -315,139 +309,6 @@ def read_wide_csv(path: str | Path, last_column: str | None = None) -> np.ndarra
         order = [i for i in range(len(names)) if i != moved] + [moved]
         values = values[:, order]
     return values
-
-
-def _read_id_list(path: Path, num_nodes: int) -> dict[str, int]:
-    """Sensor id -> row index from a file with one id per line (ASTGCN ``PEMS03.txt``)."""
-    with _reading(path, "a sensor id list"):
-        ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(ids) != num_nodes or len(set(ids)) != len(ids):
-        raise FormatError(
-            f"{path} lists {len(set(ids))} distinct sensor ids in {len(ids)} lines but the dataset has "
-            f"{num_nodes} nodes; use the published id list."
-        )
-    return {sensor: index for index, sensor in enumerate(ids)}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _node_index(text: str, ids: dict[str, int] | None, num_nodes: int, path: Path, line: int) -> int:
-    text = text.strip()
-    if ids is not None:
-        if text not in ids:
-            raise FormatError(
-                f"{path} line {line} names sensor {text!r}, which is not in the id list; fix the file."
-            )
-        return ids[text]
-    try:
-        index = int(float(text))
-    except ValueError:
-        raise FormatError(
-            f"{path} line {line} has node {text!r}, which is not an integer; fix the file."
-        ) from None
-    if not 0 <= index < num_nodes:
-        raise FormatError(
-            f"{path} line {line} has node {index}, outside 0..{num_nodes - 1}; it is not this dataset's graph "
-            "(files with sensor ids need their id list)."
-        )
-    return index
-
-
-def read_edge_list(path: str | Path, num_nodes: int, ids_path: str | Path | None = None) -> np.ndarray:
-    """Binary directed adjacency ``[N, N]`` (float32, ``A[from, to] = 1``) from a ``from,to,cost`` CSV.
-
-    Node fields are 0-based row indices, or sensor ids mapped through ``ids_path`` (one id per line, line
-    order = row order), as in ASTGCN's ``get_adjacency_matrix``. A header line is skipped; costs are ignored.
-    """
-    path = Path(path)
-    ids = _read_id_list(Path(ids_path), num_nodes) if ids_path is not None else None
-    adjacency = np.zeros((num_nodes, num_nodes), dtype=np.float32)
-    with _reading(path, "an edge list CSV"), path.open(newline="", encoding="utf-8") as handle:
-        for line, fields in enumerate(csv.reader(handle), start=1):
-            if not fields or (line == 1 and not _is_number(fields[0])):
-                continue
-            if len(fields) < 2:
-                raise CorruptFileError(f"{path} line {line} is not 'from,to[,cost]'; {_REFETCH}.")
-            source = _node_index(fields[0], ids, num_nodes, path, line)
-            target = _node_index(fields[1], ids, num_nodes, path, line)
-            adjacency[source, target] = 1.0
-    if not adjacency.any():
-        raise CorruptFileError(f"{path} contains no edges; {_REFETCH}.")
-    return adjacency
-
-
-def _numpy_attr(name: str, *modules: str) -> Any:
-    """``name`` from the first importable module (numpy 2 renamed ``numpy.core`` to ``numpy._core``)."""
-    for module in modules:
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"numpy provides none of {[f'{m}.{name}' for m in modules]}")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only callables a pickled adjacency may reference: containers, scalars and numpy arrays."""
-    reconstruct = _numpy_attr("_reconstruct", "numpy._core.multiarray", "numpy.core.multiarray")
-    scalar = _numpy_attr("scalar", "numpy._core.multiarray", "numpy.core.multiarray")
-    frombuffer = _numpy_attr("_frombuffer", "numpy._core.numeric", "numpy.core.numeric")
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    for module in ("builtins", "__builtin__"):
-        for builtin in (list, dict, tuple, set, str, bytes, int, float, bool):
-            allowed[(module, builtin.__name__)] = builtin
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global outside :func:`_allowed_globals` (so nothing can run code)."""
-
-    def __init__(self, file: Any, path: Path) -> None:
-        super().__init__(file, encoding="latin1")  # DCRNN pickles come from Python 2
-        self._path = path
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise FormatError(
-                f"{self._path} refers to {module}.{name}, which a plain adjacency pickle never needs, so it was not "
-                "loaded (unpickling can run code); use the published adj_mx.pkl or save the matrix with numpy.save."
-            ) from None
-
-
-def read_adjacency_pickle(path: str | Path) -> np.ndarray:
-    """The square matrix ``[N, N]`` of a DCRNN-style pickle (``[sensor_ids, sensor_id_to_ind, adj_mx]``).
-
-    A bare pickled array is accepted too. Only lists, dicts, strings, numbers and numpy arrays are rebuilt.
-    """
-    path = Path(path)
-    with _reading(path, "a pickle file"), path.open("rb") as handle:
-        obj = _RestrictedUnpickler(handle, path).load()
-    candidates = list(obj) if isinstance(obj, list | tuple) else [obj]
-    squares = [
-        a for a in candidates if isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[0] == a.shape[1]
-    ]
-    if not squares:
-        raise FormatError(
-            f"{path} holds no square matrix (expected [sensor_ids, sensor_id_to_ind, adj_mx] as DCRNN's "
-            "adj_mx.pkl); use the published file."
-        )
-    return squares[-1]
 
 
 def read_array(

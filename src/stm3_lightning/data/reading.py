@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from stm3_lightning.config.schema import DataConfig
-from stm3_lightning.data import formats
+from stm3_lightning.data import formats, graph_formats
 from stm3_lightning.data.catalogue import get_spec
 from stm3_lightning.data.download import download_dataset, verify_checksum
 from stm3_lightning.data.errors import DataWarning, FormatError, MissingDataError
@@ -95,9 +95,9 @@ def load_adjacency(spec: DatasetSpec, data_dir: str | Path) -> tuple[np.ndarray 
                 f"{path} names sensors by id, so it needs {ids} (one id per line, in node order); place it there "
                 f"(from {graph.ids.url or spec.source}) or remove {graph.name}."
             )
-        adjacency = formats.read_edge_list(path, spec.num_nodes, ids)
+        adjacency = graph_formats.read_edge_list(path, spec.num_nodes, ids)
     else:
-        adjacency = np.asarray(formats.read_adjacency_pickle(path), dtype=np.float32)
+        adjacency = np.asarray(graph_formats.read_adjacency_pickle(path), dtype=np.float32)
     if adjacency.shape != (spec.num_nodes, spec.num_nodes):
         raise FormatError(
             f"{path} is a {adjacency.shape} matrix but {spec.title} has {spec.num_nodes} nodes; use the published "

@@ -20,7 +20,7 @@ from stm3_lightning.types import DataInfo
 class DataFile:
     """One file a dataset accepts, relative to ``data_dir``, and how to read it.
 
-    fmt: a :data:`formats.ARRAY_FORMATS` entry for series files, :data:`formats.ADJACENCY_FORMATS` for graphs.
+    fmt: a :data:`formats.ARRAY_FORMATS` entry for series files, :data:`graph_formats.ADJACENCY_FORMATS` for graphs.
     key: array name (npz), variable (mat, ``None`` = the only one) or DataFrame name (hdf, ``None`` = the only one).
     layout: ``TNC`` (``[T, N]`` or ``[T, N, C]``) or ``SDN`` (``[slot of day, day, node]``).
     last_column: CSV column moved to the end (Electricity ``OT``).

@@ -3,7 +3,8 @@
 W&B never blocks or breaks a run: ``online`` falls back to ``offline`` when no credentials exist, when the W&B
 server (``WANDB_BASE_URL``, through ``HTTPS_PROXY`` when set) does not answer an HTTP request within a few
 seconds (no network, firewalled cluster node), or when ``wandb.init`` fails (bad API key, server error);
-``disabled`` writes nothing. A resumed run appends to its ``metrics.csv`` and continues its W&B run id.
+``disabled`` writes nothing. A resumed run appends to its ``metrics.csv`` and continues the W&B run whose id
+the run folder stores (``wandb_run_id``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import csv
 import logging
 import netrc
 import os
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from stm3_lightning.config.schema import WandbConfig
+from stm3_lightning.run.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 3.0
+WANDB_ID_FILE = "wandb_run_id"
 
 
 def wandb_base_url() -> str:
@@ -79,16 +82,23 @@ def resolve_wandb_mode(cfg: WandbConfig) -> str:
     return mode if mode in ("online", "offline", "disabled") else "offline"
 
 
-def previous_wandb_id(run_dir: Path) -> str | None:
-    """The W&B run id of an earlier session of this run (``<run_dir>/wandb/[offline-]run-<stamp>-<id>``)."""
-    runs = sorted(
-        (p for p in (run_dir / "wandb").glob("*run-*-*") if p.is_dir() and not p.is_symlink()),
-        key=lambda p: p.name.removeprefix("offline-"),
-    )
-    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id of this run: the one stored in ``<run_dir>/wandb_run_id`` when resuming, else a new one.
+
+    A new id is drawn from ``secrets`` (never from the seeded global RNGs) and stored by :func:`build_wandb_logger`.
+    """
+    path = run_dir / WANDB_ID_FILE
+    if resuming and path.is_file():
+        return path.read_text().strip()
+    return secrets.token_hex(4)
 
 
-def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str | None) -> Logger:
+@rank_zero_only
+def _store_run_id(run_dir: Path, run_id: str) -> None:
+    atomic_write_text(run_dir / WANDB_ID_FILE, run_id + "\n")
+
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str) -> Logger:
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
@@ -123,7 +133,8 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
             "W&B: the wandb package is not installed; logging to CSV only (`pip install wandb` for W&B)."
         )
         return None
-    run_id = previous_wandb_id(run_dir) if resuming else None
+    run_id = wandb_run_id(run_dir, resuming)
+    _store_run_id(run_dir, run_id)
 
     if wandb.run is not None:
         # WandbLogger would attach to a run left open by an earlier run in this process and write there.
@@ -138,55 +149,42 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
             "W&B: could not start an online run (%s); logging offline, sync later with `wandb sync`.", exc
         )
         wandb.finish()
-        logger = _wandb_logger(cfg, run_dir, "offline", run_id)
-        return logger
+        # The failed online run keeps its id reserved in the W&B service: the offline run gets a new one.
+        run_id = wandb_run_id(run_dir, resuming=False)
+        _store_run_id(run_dir, run_id)
+        return _wandb_logger(cfg, run_dir, "offline", run_id)
     # Sweeps optimise the run summary: make it the best validation loss, not the last one.
     logger.experiment.define_metric("val/loss", summary="min")
     return logger
 
 
-class _ContinuedWriter(ExperimentWriter):
-    """CSV writer that keeps the rows of ``metrics.csv`` logged up to ``until_step`` and appends after them.
+@rank_zero_only
+def continue_csv_log(logger: CSVLogger, until_step: int) -> None:
+    """Let a resumed run's ``logger`` continue its ``metrics.csv``: the rows logged up to ``until_step`` (the resumed
+    checkpoint's step) are kept, later ones are logged again by the resumed run.
 
-    Lightning's writer deletes an existing ``metrics.csv``; a resumed run instead keeps its history up to the
-    checkpoint it resumes from (rows logged after it are logged again by the resumed run).
+    Lightning's writer deletes an existing ``metrics.csv`` when it is created, so the kept rows are read first and
+    written back (atomically) once the writer exists; its ``metrics_keys`` then make later saves keep their columns.
     """
-
-    def __init__(self, log_dir: str, until_step: int) -> None:
-        self._until_step = until_step
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if not path.is_file():
-            return
+    path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+    fields: list[str] = []
+    rows: list[dict[str, str]] = []
+    if path.is_file():
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             fields = list(reader.fieldnames or [])
-            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= self._until_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        self.metrics_keys = fields
-
-
-class ContinuedCSVLogger(CSVLogger):
-    """``CSVLogger`` for a resumed run: continues ``metrics.csv`` from the resumed checkpoint's step."""
-
-    def __init__(self, save_dir: str, until_step: int, **kwargs: Any) -> None:
-        super().__init__(save_dir, **kwargs)
-        self._until_step = until_step
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuedWriter(self.log_dir, self._until_step)
-        return self._experiment
+            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= until_step]
+        path.unlink()
+    writer = logger.experiment
+    if not fields:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        out = csv.DictWriter(handle, fieldnames=fields)
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(tmp, path)
+    writer.metrics_keys = fields
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
@@ -196,10 +194,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None
     """
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        if resume_step is None:
-            loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
-        else:
-            loggers.append(ContinuedCSVLogger(str(run_dir), resume_step, name="csv", version=""))
+        csv_logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        if resume_step is not None:
+            continue_csv_log(csv_logger, resume_step)
+        loggers.append(csv_logger)
     wandb_logger = build_wandb_logger(cfg, run_dir, resuming=resume_step is not None)
     if wandb_logger is not None:
         loggers.append(wandb_logger)

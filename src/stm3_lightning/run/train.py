@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -144,11 +145,10 @@ def train(cfg: DictConfig) -> dict:
 
 def finish(trainer: L.Trainer) -> None:
     """Close W&B runs and the process group so multi-run sweeps and DDP exit cleanly."""
-    for lg in trainer.loggers:
-        if lg.__class__.__name__ == "WandbLogger":
-            import wandb
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
 
-            wandb.finish()
+        wandb.finish()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

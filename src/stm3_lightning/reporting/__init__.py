@@ -1,0 +1,1 @@
+"""Reporting: model summary, ablation grids and their report, the baselines table, plots."""

@@ -1,0 +1,1 @@
+"""Run lifecycle: compose -> build -> fit/test, run folders, resume, checkpoints, loggers, results."""

@@ -60,7 +60,9 @@ def test_eval_seed_chooses_the_noise_and_matches_the_standalone_pass(run: Path) 
     scored = evaluate_loader(module, dm.test_dataloader(), 5, cfg.trainer.limit_test_batches)
     assert scored.metrics["mae"] == pytest.approx(other["mae"], rel=1e-12, abs=0)
     assert scored.metrics["rmse"] == pytest.approx(other["rmse"], rel=1e-12, abs=0)
-    again = evaluate_loader(module, dm.test_dataloader(), 5, cfg.trainer.limit_test_batches, keep_predictions=True)
+    again = evaluate_loader(
+        module, dm.test_dataloader(), 5, cfg.trainer.limit_test_batches, keep_predictions=True
+    )
     assert again.metrics == scored.metrics
     windows = min(dm.window_counts["test"], 3 * cfg.data.eval_batch_size)
     assert again.pred is not None and again.pred.shape == (windows, 3, 4, 1)
@@ -77,6 +79,8 @@ def test_seeded_rng_restores_the_random_stream() -> None:
         assert torch.equal(torch.rand(3), inside)
 
 
-@pytest.mark.parametrize(("limit", "total", "expected"), [(1.0, 10, 10), (0.25, 10, 2), (3, 10, 3), (30, 10, 10)])
+@pytest.mark.parametrize(
+    ("limit", "total", "expected"), [(1.0, 10, 10), (0.25, 10, 2), (3, 10, 3), (30, 10, 10)]
+)
 def test_num_batches_follows_lightning_limits(limit: float, total: int, expected: int) -> None:
     assert num_batches(limit, total) == expected

@@ -197,9 +197,9 @@ def check_same_configuration(cell: Cell) -> None:
         )
 
 
-def train_seeds(request: ReproduceRequest, runner: Runner = subprocess.call) -> GridOutcome:
-    """Train (or continue, or skip) every seed of ``request``, each in its own process."""
+def train_seeds(request: ReproduceRequest, runner: Runner | None = None) -> GridOutcome:
+    """Train (or continue, or skip) every seed of ``request``, each in its own process (``subprocess.call``)."""
     cells = plan_seeds(request)
     for cell in cells:
         check_same_configuration(cell)
-    return run_grid(cells, runner=runner, dry_run=request.dry_run, resume_overrides=True)
+    return run_grid(cells, runner=runner or subprocess.call, dry_run=request.dry_run, resume_overrides=True)

@@ -27,6 +27,12 @@ def load_results(results_dir: Path) -> list[dict]:
     return [d for d in docs if "seeds" in d and "protocol_checks" in d]
 
 
+def load_omitted(results_dir: Path) -> list[dict]:
+    """Published numbers deliberately left out (``omitted`` in published.json), with the reason."""
+    path = results_dir / REFERENCE_DIR / PUBLISHED_FILE
+    return json.loads(path.read_text()).get("omitted", []) if path.is_file() else []
+
+
 def load_reference(results_dir: Path) -> tuple[list[dict], list[dict]]:
     """Published numbers and the project's baseline rows (each row tagged with its dataset)."""
     ref = results_dir / REFERENCE_DIR
@@ -283,6 +289,9 @@ def render(results_dir: Path) -> str:
     ]
     for setting in settings_of(docs, published):
         parts += [section(setting, docs, published, baselines), ""]
+    omitted = [f"- {o['model']} ({o['setting']}): {o['why']}." for o in load_omitted(results_dir)]
+    if omitted:
+        parts += ["Published numbers left out because they could not be verified:", "", *omitted, ""]
     gaps = gap_lines(docs, published)
     if gaps:
         parts += ["## Gap to the paper's PEMSD8 number", "", *gaps, ""]

@@ -39,9 +39,9 @@ SCALER_NOTE = (
 
 
 def checkpoint_key(ckpt: Path) -> dict[str, object]:
-    """What identifies a checkpoint's content for the cache: path, size and modification time."""
+    """What identifies a checkpoint's content for the cache: file name, size and modification time."""
     stat = ckpt.stat()
-    return {"checkpoint": str(ckpt), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"checkpoint": ckpt.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def cached(run_dir: Path, name: str, key: dict[str, Any], compute: Callable[[], dict]) -> dict:

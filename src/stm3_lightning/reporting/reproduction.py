@@ -91,22 +91,32 @@ def wall_time(run_dir: Path, results: dict) -> tuple[float, str]:
 
 
 def stopped_by(epochs_run: int, max_epochs: int, best: int | None, patience: int, early_stop: bool) -> str:
-    """``early stopping`` (patience exhausted) or ``max_epochs`` (the budget ended training first)."""
+    """``early stopping`` (patience exhausted), ``max_epochs`` (the budget ended training first) or ``other``
+    (fewer epochs without exhausting the patience, e.g. ``trainer.max_steps``)."""
     if early_stop and best is not None and epochs_run - best >= patience:
         return "early stopping"
-    return "max_epochs" if epochs_run >= max_epochs else "early stopping"
+    return "max_epochs" if epochs_run >= max_epochs else "other"
+
+
+def checkpoint_of(run_dir: Path, results: dict) -> Path:
+    """The checkpoint ``test_metrics.json`` names, looked up in the run's own ``checkpoints/`` folder first (the
+    recorded path may be relative to where training ran)."""
+    recorded = Path(results.get("checkpoint", ""))
+    local = run_dir / "checkpoints" / recorded.name
+    for candidate in (local, recorded):
+        if candidate.name.endswith(".ckpt") and candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{run_dir}/test_metrics.json names the checkpoint {recorded}, which does not exist; restore it or retrain "
+        "that seed (delete its folder and rerun make reproduce)."
+    )
 
 
 def seed_record(seed: int, run_dir: Path, request: ReproduceRequest) -> dict[str, Any]:
     """One finished seed: metrics, schedule, time, machine, curves and its protocol checks."""
     results = json.loads((run_dir / "test_metrics.json").read_text())
     cfg = effective_config(run_dir)
-    ckpt = Path(results.get("checkpoint", ""))
-    if not ckpt.is_file():
-        raise ConfigError(
-            f"{run_dir}/test_metrics.json names the checkpoint {ckpt}, which does not exist; restore it or retrain "
-            "that seed (delete its folder and rerun make reproduce)."
-        )
+    ckpt = checkpoint_of(run_dir, results)
     curves = read_curves(run_dir / "csv" / "metrics.csv")
     checks = run_checks(run_dir, ckpt, request.checks, request.eval_seeds)
     es = cfg.callbacks.early_stopping
@@ -179,14 +189,12 @@ def budget(records: list[dict], cfg: DictConfig) -> dict[str, Any]:
     """The epoch budget against the release's (100 epochs, patience 15) and whether it limited the result."""
     es = cfg.callbacks.early_stopping
     max_epochs = max(r["max_epochs"] for r in records)
-    by_budget = [r["seed"] for r in records if r["stopped_by"] == "max_epochs"]
+    by_budget = [r["seed"] for r in records if r["stopped_by"] != "early stopping"]
     reasons = []
     if max_epochs < RELEASE_MAX_EPOCHS:
         reasons.append(f"max_epochs {max_epochs} < the release's {RELEASE_MAX_EPOCHS}")
     if by_budget:
-        reasons.append(
-            f"seed(s) {', '.join(map(str, by_budget))} stopped at max_epochs before early stopping"
-        )
+        reasons.append(f"seed(s) {', '.join(map(str, by_budget))} stopped before early stopping")
     return {
         "max_epochs": max_epochs,
         "patience": int(es.patience) if es.enabled else None,

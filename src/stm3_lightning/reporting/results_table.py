@@ -150,7 +150,11 @@ def section(
     z = any(z_scored(d) for d in mine) or any("mse" in p["metrics"] for p in peers)
     header = ["model", "MAE", "MSE" if z else "RMSE", "MAPE (%)", "seeds, budget, protocol", "source"]
     rows = [result_row(d) for d in mine] + [published_row(p) for p in peers] + [baseline_row(b) for b in base]
-    units = "z-scored units (per-variable train mean/std)" if z else f"original units{UNIT_NOTES.get(dataset, '')}"
+    units = (
+        "z-scored units (per-variable train mean/std)"
+        if z
+        else f"original units{UNIT_NOTES.get(dataset, '')}"
+    )
     return f"### {setting_key(dataset, input_len, horizon)}\n\n{units}.\n\n" + markdown(header, rows)
 
 

@@ -51,7 +51,6 @@ IDENTITY_PREFIXES: tuple[str, ...] = (
     "resume=",
     "ckpt_path=",
     "choices.",
-    "eval_seed=",
 )
 # Keys a continued or repeated seed may change (budget and bookkeeping); any other difference is another run.
 MUTABLE_PREFIXES: tuple[str, ...] = (
@@ -62,6 +61,7 @@ MUTABLE_PREFIXES: tuple[str, ...] = (
     "data.eval_batch_size=",
     "trainer.enable_progress_bar=",
     "trainer.log_every_n_steps=",
+    "eval_seed=",
 )
 
 

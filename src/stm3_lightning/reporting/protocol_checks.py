@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from stm3_lightning.metrics.per_batch import global_metrics, per_batch_metrics
 from stm3_lightning.results import atomic_write_text
-from stm3_lightning.run.seeded_eval import eval_seed, evaluate_loader, load_for_eval
+from stm3_lightning.run.seeded_eval import EvalPass, eval_seed, evaluate_loader, load_for_eval
 
 CHECKS: tuple[str, ...] = ("eval_seeds", "router_noise", "split")
 SPLIT_VARIANTS: tuple[str, ...] = ("window", "ratio_lookback")
@@ -58,11 +58,13 @@ def cached(run_dir: Path, name: str, key: dict[str, Any], compute: Callable[[], 
 
 
 class CheckpointScorer:
-    """Scores one checkpoint's test split under config overrides; each variant's data and model load once."""
+    """Scores one checkpoint's test split under config overrides; each variant's data and model load once and
+    each (seed, overrides) pass runs once (later requests reuse its metrics)."""
 
     def __init__(self, ckpt: Path) -> None:
         self.ckpt = ckpt
         self._loaded: dict[tuple[str, ...], tuple] = {}
+        self._scored: dict[tuple[int, tuple[str, ...]], EvalPass] = {}
 
     def _load(self, overrides: tuple[str, ...]) -> tuple:
         if overrides not in self._loaded:
@@ -72,11 +74,17 @@ class CheckpointScorer:
     def config(self, overrides: tuple[str, ...] = ()) -> DictConfig:
         return self._load(overrides)[0]
 
-    def score(self, seed: int | None = None, overrides: tuple[str, ...] = (), keep: bool = False):
-        """The test pass at ``seed`` (default: the run's ``eval_seed``) under ``overrides``."""
+    def score(self, seed: int | None = None, overrides: tuple[str, ...] = (), keep: bool = False) -> EvalPass:
+        """The test pass at ``seed`` (default: the run's ``eval_seed``) under ``overrides``; ``keep`` returns the
+        predictions too (never memoised: they can be large)."""
         cfg, module, dm = self._load(overrides)
         seed = eval_seed(cfg) if seed is None else seed
-        return evaluate_loader(module, dm.test_dataloader(), seed, cfg.trainer.limit_test_batches, keep)
+        key = (seed, overrides)
+        if keep or key not in self._scored:
+            scored = evaluate_loader(module, dm.test_dataloader(), seed, cfg.trainer.limit_test_batches, keep)
+            self._scored[key] = EvalPass(scored.metrics, scored.per_step)
+            return scored
+        return self._scored[key]
 
     def windows(self, overrides: tuple[str, ...] = ()) -> int:
         return int(self._load(overrides)[2].window_counts.get("test", 0))

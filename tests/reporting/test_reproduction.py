@@ -85,12 +85,20 @@ def test_stopped_by(epochs_run: int, max_epochs: int, best: int | None, expected
 
 
 def test_budget_flags_short_schedules_and_runs_cut_by_them() -> None:
-    cfg = compose(["experiment=reproduce/pems08"])
+    cfg_args = ["experiment=reproduce/pems08"]
+    cfg = compose(cfg_args)
     full = budget([{"seed": 1, "max_epochs": 100, "stopped_by": "early stopping"}], cfg)
     assert not full["budget_limited"] and full["patience"] == 15
     short = budget([{"seed": 1, "max_epochs": 15, "stopped_by": "max_epochs"}], cfg)
     assert short["budget_limited"] and "max_epochs 15 < the release's 100" in short["reason"]
     assert "seed(s) 1 stopped before early stopping" in short["reason"]
+    impatient = budget(
+        [{"seed": 1, "max_epochs": 100, "stopped_by": "early stopping"}],
+        compose([*cfg_args, "callbacks.early_stopping.patience=5"]),
+    )
+    assert (
+        impatient["budget_limited"] and impatient["reason"] == "early-stopping patience 5 < the release's 15"
+    )
 
 
 def test_the_command_rebuilds_the_configuration() -> None:

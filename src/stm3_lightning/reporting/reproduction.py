@@ -193,6 +193,8 @@ def budget(records: list[dict], cfg: DictConfig) -> dict[str, Any]:
     reasons = []
     if max_epochs < RELEASE_MAX_EPOCHS:
         reasons.append(f"max_epochs {max_epochs} < the release's {RELEASE_MAX_EPOCHS}")
+    if es.enabled and es.patience < RELEASE_PATIENCE:
+        reasons.append(f"early-stopping patience {es.patience} < the release's {RELEASE_PATIENCE}")
     if by_budget:
         reasons.append(f"seed(s) {', '.join(map(str, by_budget))} stopped before early stopping")
     return {

@@ -20,10 +20,12 @@ SWEEP_ID ?=
 GPU_PYTHON ?= python3
 GPU_PY_VERSION ?= 3.12
 GPU_WHEELS ?= omegaconf==2.4.0 PyYAML==6.0.4
+SEEDS ?=
+VARIANT ?=
 
 TRAIN_ARGS := $(if $(DATA),data=$(DATA)) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 
-.PHONY: baselines help setup test test-fast test-gpu gpu-check wheels lint format train eval summary datasets bench report ablations sweep agent clean-logs
+.PHONY: baselines reproduce results help setup test test-fast test-gpu gpu-check wheels lint format train eval summary datasets bench report ablations sweep agent clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -93,3 +95,9 @@ clean-logs: ## Remove local run outputs and W&B offline files
 
 baselines: ## Baselines' PEMS08 test metrics at 12->12 and 96->96 under both protocols (README table)
 	$(BIN)/stm3 baselines $(if $(DATA),data=$(DATA)) callbacks.progress_bar=none trainer.max_epochs=30 callbacks.early_stopping.patience=5 $(ARGS)
+
+reproduce: ## Paper config x seeds + results/<data>-<L>-<H>.json: make reproduce DATA=pems08 [SEEDS=1,2,3] [VARIANT=x] [ARGS=...]
+	$(BIN)/stm3 reproduce data=$(DATA) $(if $(SEEDS),seeds=$(SEEDS)) $(if $(VARIANT),variant=$(VARIANT)) $(ARGS)
+
+results: ## Rebuild results/README.md; with DATA= also that group's JSON from its finished runs: make results [DATA=..] [ARGS=..]
+	$(BIN)/stm3 results $(if $(DATA),data=$(DATA)) $(if $(VARIANT),variant=$(VARIANT)) $(ARGS)

@@ -1,4 +1,6 @@
-"""``stm3`` command line: ``train``, ``eval``, ``summary``, ``datasets``, ``baselines``, ``ablations``, ``report``.
+"""``stm3`` command line: ``train``, ``eval``, ``summary``, ``datasets``, ``baselines``, ``ablations``, ``report``,
+``reproduce`` (the paper config for several seeds, then ``results/<group>.json``) and ``results`` (rebuild those
+files and ``results/README.md`` from finished runs, without training).
 
 Arguments after the sub-command are config choices and overrides, e.g.
 ``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``.
@@ -117,6 +119,60 @@ def cmd_ablations(args: list[str]) -> int:
     return 1 if outcome.failed else 0
 
 
+def _collect_and_table(request) -> None:
+    from stm3_lightning.reporting.reproduction import write_results
+    from stm3_lightning.reporting.results_table import write_table
+
+    print(f"results: {write_results(request)}")
+    print(f"table: {write_table(request.results_dir)}")
+
+
+def _reproduce_request(args: list[str]):
+    from stm3_lightning.reporting.protocol_checks import CHECKS
+    from stm3_lightning.run.reproduce import parse_request
+
+    return parse_request(args, CHECKS)
+
+
+def cmd_reproduce(args: list[str]) -> int:
+    """``stm3 reproduce data=<name> [seeds=1,2,3] [variant=..] [eval_seeds=5] [checks=..] [overrides]``."""
+    from stm3_lightning.reporting.reproduction import seed_dirs
+    from stm3_lightning.run.reproduce import group_dir, train_seeds
+
+    request = _reproduce_request(args)
+    outcome = train_seeds(request)
+    print(
+        f"reproduce: {len(outcome.ran)} seed(s) trained, {len(outcome.skipped)} already done, "
+        f"{len(outcome.failed)} failed"
+    )
+    if request.dry_run:
+        return 0
+    if any((p / "test_metrics.json").is_file() for _, p in seed_dirs(group_dir(request))):
+        _collect_and_table(request)
+    return 1 if outcome.failed else 0
+
+
+def cmd_results(args: list[str]) -> int:
+    """``stm3 results``: regenerate results/README.md; with data=<name> [overrides], first rebuild that group's
+    results/<group>.json from its finished run folders (evaluations only, no training)."""
+    if any(a.startswith("data=") for a in args):
+        _collect_and_table(_reproduce_request(args))
+        return 0
+    from pathlib import Path
+
+    from stm3_lightning.config.compose import project_root
+    from stm3_lightning.reporting.results_table import write_table
+
+    values = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = sorted(set(values) - {"results_dir"} | {a for a in args if "=" not in a})
+    if unknown:
+        raise ConfigError(
+            f"stm3 results takes data=<dataset> [overrides] or results_dir=<dir>, not {', '.join(unknown)}."
+        )
+    print(f"table: {write_table(Path(values.get('results_dir') or project_root() / 'results'))}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -125,6 +181,8 @@ COMMANDS = {
     "baselines": cmd_baselines,
     "report": cmd_report,
     "ablations": cmd_ablations,
+    "reproduce": cmd_reproduce,
+    "results": cmd_results,
 }
 
 

@@ -246,6 +246,9 @@ class CallbacksConfig:
     nan_guard: bool = True
     routing: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)
     disentanglement: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)
+    # Also score the test split after every validation and log ``test_curve/*`` (never used for selection;
+    # the release's test-selected checkpoint is measured from it, see callbacks/test_curve.py).
+    test_every_epoch: bool = False
 
 
 @dataclass
@@ -253,6 +256,8 @@ class RunConfig:
     """The whole configuration of one run."""
 
     seed: int = 12
+    # Seed of the random numbers drawn at evaluation (the release's router noise in eval mode); empty = ``seed``.
+    eval_seed: int | None = None
     task: str = "train"
     tags: list[str] = field(default_factory=list)
     # Checkpoint to resume from: a path, ``last`` (this run dir's last.ckpt) or empty.

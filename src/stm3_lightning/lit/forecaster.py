@@ -49,15 +49,9 @@ class Forecaster(L.LightningModule):
         self.real_value, self.null_val = real_value, float(null_val)
         self.register_buffer("mean", mean.float().clone())
         self.register_buffer("std", std.float().clone())
-        kwargs = dict(
-            horizon=horizon,
-            protocol=metrics.protocol,
-            null_val=null_val,
-            mape_eps=metrics.mape_eps,
-            horizons=list(metrics.horizons),
-        )
-        self.val_metrics = ForecastMetrics(**kwargs)
-        self.test_metrics = ForecastMetrics(**kwargs)
+        self.horizon = horizon
+        self.val_metrics = self.new_metrics()
+        self.test_metrics = self.new_metrics()
         self.test_outputs: list[tuple[np.ndarray, np.ndarray]] = []
         self.test_results: dict[str, object] = {}
 
@@ -68,6 +62,17 @@ class Forecaster(L.LightningModule):
             mean, std = scaler.tensors()
             self.mean.copy_(mean)
             self.std.copy_(std)
+
+    def new_metrics(self) -> ForecastMetrics:
+        """A fresh metric accumulator with this module's protocol, horizon and report horizons."""
+        cfg = self.metrics_cfg
+        return ForecastMetrics(
+            horizon=self.horizon,
+            protocol=cfg.protocol,
+            null_val=self.null_val,
+            mape_eps=cfg.mape_eps,
+            horizons=list(cfg.horizons),
+        )
 
     # ----------------------------------------------------------------------------------------------- units
     def _scale(self, t: torch.Tensor) -> torch.Tensor:

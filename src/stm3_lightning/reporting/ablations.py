@@ -231,12 +231,17 @@ def cell_state(cell: Cell) -> str:
     return "new"
 
 
-def train_command(cell: Cell) -> list[str] | None:
-    """The process to run for ``cell``: a new run, a resume of an interrupted one, or ``None`` when done."""
+def train_command(cell: Cell, resume_overrides: bool = False) -> list[str] | None:
+    """The process to run for ``cell``: a new run, a resume of an interrupted one, or ``None`` when done.
+
+    A resume continues the saved configuration; with ``resume_overrides`` the cell's arguments are passed along
+    (key=value changes such as a larger ``trainer.max_epochs`` apply, group choices must match).
+    """
     state = cell_state(cell)
     if state == "done":
         return None
-    args = [f"resume={cell.run_dir}"] if state == "interrupted" else cell.args
+    resume = [f"resume={cell.run_dir}", *(cell.args if resume_overrides else [])]
+    args = resume if state == "interrupted" else cell.args
     return [sys.executable, "-m", "stm3_lightning.cli", "train", *args]
 
 
@@ -250,11 +255,16 @@ class GridOutcome:
 Runner = Callable[[list[str]], int]
 
 
-def run_grid(cells: Sequence[Cell], runner: Runner = subprocess.call, dry_run: bool = False) -> GridOutcome:
+def run_grid(
+    cells: Sequence[Cell],
+    runner: Runner = subprocess.call,
+    dry_run: bool = False,
+    resume_overrides: bool = False,
+) -> GridOutcome:
     """Run the cells sequentially (a failed cell is reported and the grid goes on); finished cells are skipped."""
     outcome = GridOutcome([], [], [])
     for i, cell in enumerate(cells, 1):
-        command = train_command(cell)
+        command = train_command(cell, resume_overrides)
         label = f"[{i}/{len(cells)}] {cell.ablation} seed {cell.seed}"
         if command is None:
             print(f"{label}: done already ({cell.run_dir}), skipped", flush=True)

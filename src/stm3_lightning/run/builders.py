@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     RichProgressBar,
+    Timer,
     TQDMProgressBar,
 )
 from omegaconf import DictConfig, OmegaConf
@@ -79,8 +80,9 @@ def build_checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]
 
 
 def build_resilience_callbacks(cfg: DictConfig, dm: SpatioTemporalDataModule) -> list[Callback]:
-    """Checkpoint metadata, RNG state for exact resumes and the non-finite guard."""
-    out: list[Callback] = [CheckpointMetadata(run_metadata(cfg, dm.info)), RngState()]
+    """Checkpoint metadata, RNG state for exact resumes, the training wall clock (Lightning's ``Timer``, carried
+    across resumes in the checkpoints) and the non-finite guard."""
+    out: list[Callback] = [CheckpointMetadata(run_metadata(cfg, dm.info)), RngState(), Timer()]
     if cfg.callbacks.nan_guard:
         out.append(NanGuard())
     return out
@@ -101,8 +103,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule
 
 
 def build_analysis_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
-    """Routing-smoothness / disentanglement instrumentation, when enabled."""
+    """Routing-smoothness / disentanglement instrumentation and the per-epoch test curve, when enabled."""
     out: list[Callback] = []
+    if cfg.callbacks.test_every_epoch:
+        from stm3_lightning.callbacks.test_curve import TestCurve
+        from stm3_lightning.run.seeded_eval import eval_seed
+
+        out.append(TestCurve(eval_seed(cfg), cfg.trainer.limit_test_batches))
     if cfg.callbacks.routing.enabled:
         from stm3_lightning.callbacks.routing import RoutingSmoothnessCallback
 

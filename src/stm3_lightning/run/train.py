@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -28,6 +29,7 @@ from stm3_lightning.run.builders import (
 )
 from stm3_lightning.run.checkpoints import check_compatible, run_metadata
 from stm3_lightning.run.loggers import build_loggers
+from stm3_lightning.run.machine import machine_info
 from stm3_lightning.run.results import write_horizon_plot, write_predictions, write_test_metrics
 from stm3_lightning.run.resume import resolve_ckpt_path
 from stm3_lightning.run.rundir import (
@@ -40,14 +42,17 @@ from stm3_lightning.run.rundir import (
     release_run_dir,
     save_config,
 )
+from stm3_lightning.run.seeded_eval import eval_seed, seeded_rng
 
 log = logging.getLogger(__name__)
 harden_resolvers()
 
 
 def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Path, ckpt: str | None) -> dict:
-    """Test ``ckpt`` (or the module's current weights) and write the run's result files on rank 0."""
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    """Test ``ckpt`` (or the module's current weights) with the RNG seeded by the run's ``eval_seed`` and write
+    the run's result files on rank 0 (with the training wall time and the machine)."""
+    with seeded_rng(eval_seed(cfg)):
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     results = module.test_results
     if trainer.is_global_zero:
         extra = {
@@ -55,11 +60,16 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
             "model": cfg.model.name,
             "experiment": cfg.choices.get("experiment", ""),
             "seed": cfg.seed,
+            "eval_seed": eval_seed(cfg),
             "input_len": cfg.data.input_len,
             "horizon": cfg.data.horizon,
             "checkpoint": ckpt or "final weights",
             "windows": dm.window_counts,
+            "machine": machine_info(),
         }
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.start_time("train") is not None:
+            extra["train_wall_s"] = round(timer.time_elapsed("train"), 1)
         write_test_metrics(run_dir, results, extra)
         if cfg.metrics.save_predictions and module.test_outputs:
             write_predictions(run_dir, module.test_outputs)

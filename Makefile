@@ -25,7 +25,7 @@ VARIANT ?=
 
 TRAIN_ARGS := $(if $(DATA),data=$(DATA)) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 
-.PHONY: baselines reproduce results help setup test test-fast test-gpu gpu-check wheels lint format train eval summary datasets bench report ablations sweep agent clean-logs
+.PHONY: baselines reproduce results help setup test test-fast test-gpu gpu-check wheels lint format train eval summary datasets bench bench-profile report ablations sweep agent clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -73,9 +73,11 @@ summary: ## Resolved config, parameter count, kernel backend: make summary [DATA
 datasets: ## List the datasets, their files and where they come from
 	$(BIN)/stm3 datasets
 
-bench: ## Performance benchmarks (tables + JSON under benchmarks/results/)
-	$(BIN)/python -m benchmarks.train_step
+bench: ## Performance benchmarks, ~10 min on 2 idle cores (tables + JSON under benchmarks/results/)
+	$(BIN)/python -m benchmarks.train_step --compile --bf16 --bf16-train
 	$(BIN)/python -m benchmarks.scaling
+
+bench-profile: ## Where the time goes: FLOPs and time per part of a training step (benchmarks/results/flops.json)
 	$(BIN)/python -m benchmarks.flops
 
 report: ## Ablation report from finished runs: make report [RUNS=outputs|wandb:entity/project]

@@ -1,15 +1,13 @@
-"""Numerical agreement of training-step variants from identical weights: the ``torch`` vs ``ref`` scan backends
-and ``torch.compile`` vs eager (predictions and auxiliary losses within 1e-5, gradients within 1e-4 of the largest
-one), with their timings. Used by :mod:`benchmarks.train_step`.
-"""
+"""One seeded training step traced (predictions, aux losses, gradients) and two traces compared within the
+tolerances of the parity checks: predictions and auxiliary losses 1e-5, gradients 1e-4 relative to the model's
+largest gradient."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmarks.common import PeakMemory, Timing, TrainStep, build_stm3, random_batch, timed
 from stm3_lightning.types import DataInfo
@@ -95,58 +93,3 @@ def torch_vs_ref(info: DataInfo, batch: int, repeats: int, ref_repeats: int, see
         out["speedup_vs_ref"] = times["ref"].median / times["torch"].median
     out["model"] = fast.model
     return out
-
-
-# ----------------------------------------------------------------------------------------------- training
-
-
-def compile_static_parts(model: nn.Module) -> list[str]:
-    """Replace the embedding, each layer's AGCCN block and the head by ``torch.compile`` versions (in place).
-
-    The mixture (data-dependent routing, compiled C++ scan) and the contrastive loss (``nonzero``, random indices)
-    stay eager: compiling the whole network fails on them. Returns the compiled module names.
-    """
-    model.embedding = torch.compile(model.embedding)
-    model.head = torch.compile(model.head)
-    names = ["embedding", "head"]
-    for i, layer in enumerate(model.layers):
-        if layer.spatial is not None:
-            layer.spatial = torch.compile(layer.spatial)
-            names.append(f"layers.{i}.spatial")
-    return names
-
-
-def compiled_step(model: nn.Module, info: DataInfo, batch: int, repeats: int, seed: int) -> dict[str, object]:
-    """``torch.compile`` of the static parts of a copy of ``model``: compile time, parity with eager (1e-5) and
-    step time vs eager (interleaved); ``kept`` says whether it is both correct and faster."""
-    eager = TrainStep(copy.deepcopy(model))
-    compiled_model = copy.deepcopy(model)
-    compiled = TrainStep(compiled_model)
-    names = compile_static_parts(compiled_model)
-    x, y = random_batch(batch, info, seed=seed)
-    first = Timing()
-    try:
-        a = timed(lambda: traced_step(compiled, x, y, seed), first)
-    except Exception as exc:  # noqa: BLE001 - report any compile failure instead of aborting the benchmark
-        return {
-            "compiled_modules": names,
-            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-            "kept": False,
-        }
-    parity = compare(a, traced_step(eager, x, y, seed))
-    times = {"compiled": Timing(), "eager": Timing()}
-    eager(x, y)
-    for _ in range(repeats):
-        timed(lambda: compiled(x, y), times["compiled"])
-        timed(lambda: eager(x, y), times["eager"])
-    speedup = times["eager"].median / times["compiled"].median
-    return {
-        "batch": batch,
-        "compiled_modules": names,
-        "compile_and_first_step_s": first.wall[0],
-        "compiled": times["compiled"].as_dict(),
-        "eager": times["eager"].as_dict(),
-        "speedup_vs_eager": speedup,
-        "parity": parity,
-        "kept": bool(parity["ok"] and speedup > 1.0),
-    }

@@ -7,22 +7,24 @@
 2. Batch 64 (the training batch), ``torch``, on real PEMS08 training batches from the project's data module: the
    data-loading time (``next(loader)``: one gather per batch) and the step time are timed separately.
    ``epoch_seconds`` = 164 steps (10523 windows, drop_last) x (median step + median data time).
-3. Optional: ``torch.compile`` of the model (``--compile``), kept only if faster and equal to eager within 1e-5;
-   bf16 autocast (``--bf16``) at the training batch, with its loss deviation from fp32.
+3. ETTh1 96 -> 96 (``experiment=reproduce/etth1``: N=7, D=12, d_e=8, 1 layer, 132 steps of 64): step + data time
+   on its real training batches; ``etth1_epoch_seconds`` (``--skip-etth1`` leaves it out).
+4. Options: ``--compile`` (``torch.compile`` of the training step, compile time and break-even epochs:
+   benchmarks/compilation.py); ``--bf16`` (step time under bf16 autocast vs fp32) and ``--bf16-train`` (test MAE
+   after a short PEMS08 12 -> 12 training with ``trainer.precision=bf16-mixed`` vs fp32: benchmarks/precision.py).
 
-    python -m benchmarks.train_step                  # ~3-5 minutes on 2 quiet cores (the ref steps dominate)
-    python -m benchmarks.train_step --repeats 5 --ref-repeats 3 --compile --bf16   # everything, ~8 minutes
+    python -m benchmarks.train_step                  # ~3 minutes on 2 quiet cores (the ref steps dominate)
+    python -m benchmarks.train_step --compile --bf16 --bf16-train   # everything (what make bench runs)
     python -m benchmarks.train_step --skip-ref       # torch only
     python -m benchmarks.train_step --quick          # tiny model + synthetic data, seconds (CI smoke test)
 
-PEMS08 is read from ``--data-dir`` (default ``$STM3_DATA_DIR``, else ``./data``); without it the batch-64 step runs
-on random tensors of the same shape and the JSON says so.
+PEMS08 and ETTh1 are read from ``--data-dir`` (default ``$STM3_DATA_DIR``, else ``./data``); without them the steps run
+on random tensors of the same shapes and the JSON says so (``--bf16-train`` needs PEMS08).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmarks import compilation, precision
 from benchmarks.common import (
     PEMS08_LEN,
     PEMS08_NODES,
@@ -40,9 +43,7 @@ from benchmarks.common import (
     Timing,
     TrainStep,
     apply_threads,
-    format_table,
     machine_info,
-    measure,
     memory_shortfall,
     random_batch,
     section,
@@ -50,12 +51,15 @@ from benchmarks.common import (
     timed,
     write_json,
 )
-from benchmarks.parity import compiled_step, torch_vs_ref
+from benchmarks.parity import torch_vs_ref
+from benchmarks.train_step_report import TARGET_EPOCH_S, TARGET_ETTH1_EPOCH_S, TARGET_SPEEDUP, print_summary
 from stm3_lightning.types import DataInfo
 
-TARGET_SPEEDUP, TARGET_EPOCH_S = 50.0, 600.0
+# ETTh1 96 -> 96 (experiment=reproduce/etth1): 7 series, Informer borders, 8640 - 96 - 96 + 1 training windows.
+ETTH1_NODES, ETTH1_TRAIN_WINDOWS = 7, 8449
 
 
+# ----------------------------------------------------------------------------------------------- training
 @dataclass
 class Batches:
     """Where training batches come from: the PEMS08 data module's train loader, or random tensors."""
@@ -66,6 +70,7 @@ class Batches:
     info: DataInfo
     mean: Tensor | float = 0.0
     std: Tensor | float = 1.0
+    model_cfg: object | None = None  # the composed model config (``cfg.model``)
 
     def iterator(self, batch: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Endless (x: [batch, L, N, C], y: [batch, H, N, 1]) pairs; loader batches are cut to ``batch`` when the
@@ -79,8 +84,18 @@ class Batches:
             yield x, y
 
 
-def load_batches(data: list[str], data_dir: str | None, batch: int) -> Batches:
-    """The configured data module's training loader (``data``: compose overrides), or random PEMS08-shaped data."""
+def load_batches(
+    data: list[str],
+    data_dir: str | None,
+    batch: int,
+    fallback_nodes: int = PEMS08_NODES,
+    fallback_windows: int = PEMS08_TRAIN_WINDOWS,
+) -> Batches:
+    """The configured data module's training loader (``data``: compose overrides), or random batches of the same
+    shape (``fallback_nodes`` nodes, ``fallback_windows`` training windows) when the data is not there.
+
+    The loss is in original units (the scaler's mean/std) where ``data.real_value`` is set, as training does it.
+    """
     from stm3_lightning.config.compose import compose
     from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 
@@ -93,12 +108,14 @@ def load_batches(data: list[str], data_dir: str | None, batch: int) -> Batches:
         dm.setup()
     except (OSError, ValueError) as exc:  # DataError is a ValueError; missing files an OSError
         reason = str(exc).splitlines()[0]
-        print(f"   data unavailable ({reason}); timing random PEMS08-shaped batches instead")
-        info = stm3_info(PEMS08_NODES, cfg.data.input_len, cfg.data.horizon)
-        return Batches(f"random (no data: {reason})", PEMS08_TRAIN_WINDOWS, None, info)
-    mean, std = dm.scaler.tensors()
+        print(f"   data unavailable ({reason}); timing random {cfg.data.name}-shaped batches instead")
+        info = stm3_info(fallback_nodes, cfg.data.input_len, cfg.data.horizon)
+        return Batches(f"random (no data: {reason})", fallback_windows, None, info, model_cfg=cfg.model)
+    mean, std = dm.scaler.tensors() if cfg.data.real_value else (0.0, 1.0)
     loader = dm.train_dataloader()
-    return Batches(f"{cfg.data.name} train loader", dm.window_counts["train"], loader, dm.info, mean, std)
+    return Batches(
+        f"{cfg.data.name} train loader", dm.window_counts["train"], loader, dm.info, mean, std, cfg.model
+    )
 
 
 def training_batch(
@@ -151,123 +168,39 @@ def epoch_estimate(result: dict[str, object], train_windows: int, epoch_batch: i
     }
 
 
-# --------------------------------------------------------------------------------------------------- options
-def bf16_step(model: nn.Module, batches: Batches, batch: int, repeats: int, seed: int) -> dict[str, object]:
-    """The training step under ``torch.autocast("cpu", bfloat16)`` vs fp32 (same weights and batch)."""
-    x, y = next(batches.iterator(batch, seed))
-    fp32 = TrainStep(copy.deepcopy(model), mean=batches.mean, std=batches.std)
-    bf16 = TrainStep(copy.deepcopy(model), mean=batches.mean, std=batches.std)
-
-    def run_bf16() -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return bf16(x, y)
-
-    with torch.no_grad():
-        torch.manual_seed(seed)
-        loss32 = float(fp32.loss(x, y))
-        torch.manual_seed(seed)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss16 = float(bf16.loss(x, y))
-    t16 = measure(run_bf16, repeats, warmup=1)
-    t32 = measure(lambda: fp32(x, y), repeats, warmup=1)
-    return {
-        "batch": batch,
-        "bf16": t16.as_dict(),
-        "fp32": t32.as_dict(),
-        "speedup_vs_fp32": t32.median / t16.median,
-        "loss_fp32": loss32,
-        "loss_bf16": loss16,
-        "loss_rel_diff": abs(loss16 - loss32) / max(abs(loss32), 1e-12),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ reporting
-def summary_rows(result: dict[str, object]) -> list[list[object]]:
-    rows: list[list[object]] = []
-    small = result["small_batch"]
-    for backend in ("torch", "ref"):
-        if backend in small:
-            t = small[backend]
-            rows.append(
-                [
-                    f"train step, kernel_backend={backend}",
-                    small["batch"],
-                    t["median_s"],
-                    t["min_s"],
-                    t["repeats"],
-                ]
-            )
-    big = result["training_batch"]
-    if big:
-        rows.append(
-            [
-                "train step, kernel_backend=torch",
-                big["batch"],
-                big["step"]["median_s"],
-                big["step"]["min_s"],
-                big["step"]["repeats"],
-            ]
-        )
-        rows.append(
-            [
-                "data loading (next(loader))",
-                big["batch"],
-                big["data"]["median_s"],
-                big["data"]["min_s"],
-                big["data"]["repeats"],
-            ]
-        )
-    for key, label in (("compile", "compiled"), ("bf16", "bf16")):
-        opt = result.get(key)
-        if opt and label in opt:
-            rows.append(
-                [
-                    f"train step, {key}",
-                    opt["batch"],
-                    opt[label]["median_s"],
-                    opt[label]["min_s"],
-                    opt[label]["repeats"],
-                ]
-            )
-    return rows
-
-
-def print_summary(result: dict[str, object]) -> None:
-    print()
-    print(format_table(summary_rows(result), ["measurement", "batch", "median s", "min s", "repeats"]))
-    speedup = result.get("speedup_vs_ref")
-    if speedup is not None:
-        print(
-            f"speedup_vs_ref (batch {result['small_batch']['batch']}): {speedup:.1f}x (target {TARGET_SPEEDUP:.0f}x)"
-        )
-    if result.get("epoch_seconds") is not None:
-        print(
-            f"epoch_seconds: {result['epoch_seconds']:.0f} s = {result['epoch_seconds'] / 60:.1f} min "
-            f"(target {TARGET_EPOCH_S / 60:.0f} min; {result['epoch_basis']})"
-        )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeats", type=int, default=5, help="timed torch steps per measurement (median quoted)"
+        "--repeats", type=int, default=3, help="timed torch steps per measurement (median quoted)"
     )
-    parser.add_argument("--ref-repeats", type=int, default=3, help="timed ref steps (each ~20-60 s)")
+    parser.add_argument("--ref-repeats", type=int, default=2, help="timed ref steps (each ~30-90 s)")
     parser.add_argument("--skip-ref", action="store_true", help="do not run the slow ref backend")
     parser.add_argument("--small-batch", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64, help="training batch of the epoch estimate")
-    parser.add_argument("--data-dir", default=os.environ.get("STM3_DATA_DIR"), help="folder holding PEMS08/")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("STM3_DATA_DIR"), help="folder holding the datasets"
+    )
     parser.add_argument(
         "--num-workers", type=int, default=0, help="DataLoader worker processes (data.num_workers)"
     )
     parser.add_argument("--pin-memory", action="store_true", help="pinned host memory (data.pin_memory)")
+    parser.add_argument("--skip-etth1", action="store_true", help="do not time the ETTh1 96->96 step")
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also measure torch.compile of the static parts (~1 min to compile)",
+        help="also measure torch.compile of the training step (compile time included; minutes)",
     )
     parser.add_argument(
-        "--bf16", action="store_true", help="also measure bf16 autocast at the training batch"
+        "--bf16", action="store_true", help="also time the training step under bf16 autocast vs fp32"
+    )
+    parser.add_argument(
+        "--bf16-train",
+        action="store_true",
+        help="also train PEMS08 12->12 briefly in fp32 and bf16-mixed (same seed) and compare the test MAE",
+    )
+    parser.add_argument("--bf16-epochs", type=int, default=2, help="epochs of the --bf16-train comparison")
+    parser.add_argument(
+        "--bf16-batches", type=int, default=20, help="train/val/test batches per epoch of --bf16-train"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
@@ -276,9 +209,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.ref_repeats, args.small_batch, args.batch = 2, 1, 2, 4
+        args.bf16_epochs, args.bf16_batches = 1, 2
     if args.skip_ref:
         args.ref_repeats = 0
     return args
+
+
+QUICK_DATA = [
+    "data=synthetic",
+    "data.input_len=16",
+    "data.horizon=16",
+    "data.synthetic.num_nodes=8",
+    "data.synthetic.num_steps=400",
+]
+# The ETTh1 experiment's model (experiment=reproduce/etth1), for --quick on synthetic data.
+ETTH1_MODEL = [
+    "model.num_layers=1",
+    "model.hidden_dim=12",
+    "model.node_emb_dim=8",
+    "model.contrast_loss_weight=0.3",
+]
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Compose overrides of each measured setting: PEMS08 96->96, ETTh1 96->96 and the PEMS08 12->12 bf16 run."""
+    loader = [f"data.num_workers={args.num_workers}", f"data.pin_memory={str(args.pin_memory).lower()}"]
+    if args.quick:
+        return {"pems08": QUICK_DATA + loader, "etth1": QUICK_DATA + ETTH1_MODEL + loader, "bf16": QUICK_DATA}
+    return {
+        "pems08": ["data=pems08", f"data.input_len={PEMS08_LEN}", f"data.horizon={PEMS08_LEN}", *loader],
+        "etth1": ["experiment=reproduce/etth1", *loader],
+        "bf16": ["data=pems08", "data.input_len=12", "data.horizon=12", "data.batch_size=64"],
+    }
+
+
+def etth1_epoch(args: argparse.Namespace, data: list[str]) -> dict[str, object]:
+    """The ETTh1 96->96 experiment's model and training batches: step + data time and the epoch they imply."""
+    from stm3_lightning.models.registry import build_model
+
+    batches = load_batches(data, args.data_dir, args.batch, ETTH1_NODES, ETTH1_TRAIN_WINDOWS)
+    torch.manual_seed(args.seed)
+    model = build_model(batches.model_cfg, batches.info)
+    big = training_batch(model, batches, args.batch, args.repeats, args.seed)
+    print(
+        f"   {batches.source}: step {big['step']['median_s']:.3f} s, peak RSS {big['peak_rss_mib'] or 0:.0f} MiB"
+    )
+    return {"training_batch": big, **epoch_estimate(big, batches.train_windows, args.batch)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -288,19 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(
         f"{meta['cpu']}, {meta['torch_threads']} threads, torch {meta['torch']}, load {meta['load_avg_at_start']}"
     )
-    if args.quick:
-        data = [
-            "data=synthetic",
-            "data.input_len=16",
-            "data.horizon=16",
-            "data.synthetic.num_nodes=8",
-            "data.synthetic.num_steps=400",
-        ]
-    else:
-        data = ["data=pems08", f"data.input_len={PEMS08_LEN}", f"data.horizon={PEMS08_LEN}"]
-    data += [f"data.num_workers={args.num_workers}", f"data.pin_memory={str(args.pin_memory).lower()}"]
+    data = data_overrides(args)
     with section("data"):
-        batches = load_batches(data, args.data_dir, args.batch)
+        batches = load_batches(data["pems08"], args.data_dir, args.batch)
         info = batches.info
         print(
             f"   {batches.source}: N={info.num_nodes}, L={info.input_len}, H={info.horizon}, "
@@ -321,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     result["speedup_vs_ref"] = small.get("speedup_vs_ref")
     per_sample = (small["first_step_memory"]["peak_extra_mib"] or 0.0) / args.small_batch
     batch, shortfall = fitting_batch(args.batch, per_sample)
-    with section(f"training batch {batch}, scan=torch, {batches.source}"):
+    with section(f"training batch {batch}, kernel_backend=torch, {batches.source}"):
         if shortfall:
             print(f"   {shortfall} Measuring batch {batch} instead.")
         big = training_batch(model, batches, batch, args.repeats, args.seed)
@@ -332,26 +298,44 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     result["training_batch"] = big
     result.update(epoch_estimate(big, batches.train_windows, args.batch))
     result["memory_note"] = shortfall
+    if not args.skip_etth1:
+        with section(f"ETTh1 96->96 (experiment=reproduce/etth1), batch {args.batch}"):
+            result["etth1"] = etth1 = etth1_epoch(args, data["etth1"])
+        result["etth1_epoch_seconds"] = etth1["epoch_seconds"]
     if args.compile:
-        with section(f"torch.compile of embedding, AGCCN blocks and head, batch {batch}"):
-            result["compile"] = comp = compiled_step(model, info, batch, args.repeats, args.seed)
-            if "error" in comp:
-                print(f"   torch.compile failed: {comp['error']}")
-            else:
-                print(
-                    f"   {comp['speedup_vs_eager']:.2f}x vs eager, parity {'ok' if comp['parity']['ok'] else 'MISMATCH'}"
-                    f" -> {'keep' if comp['kept'] else 'do not keep'}"
-                )
+        with section(f"torch.compile of the training step, batch {batch} (compile time included)"):
+            x, y = next(batches.iterator(batch, args.seed))
+            result["compile"] = comp = compilation.compiled_step(
+                model, x, y, args.repeats, args.seed, result["epoch_steps"], batches.mean, batches.std
+            )
+            print(f"   {compilation.describe(comp)}")
+    if args.bf16 or args.bf16_train:
+        result["bf16"] = bf16 = {}
     if args.bf16:
-        with section(f"bf16 autocast, batch {batch}"):
-            result["bf16"] = bf16_step(model, batches, batch, args.repeats, args.seed)
+        with section(f"bf16 autocast vs fp32 step, batch {batch}"):
+            x, y = next(batches.iterator(batch, args.seed))
+            bf16["step"] = step16 = precision.bf16_step(
+                model, x, y, args.repeats, args.seed, batches.mean, batches.std
+            )
+            print(
+                f"   bf16 {step16['speedup_vs_fp32']:.2f}x vs fp32, loss rel diff {step16['loss_rel_diff']:.1e}"
+            )
+    if args.bf16_train:
+        with section(f"bf16-mixed vs fp32 training, {args.bf16_epochs} epochs x {args.bf16_batches} batches"):
+            bf16["training"] = precision.bf16_training(
+                data["bf16"], args.bf16_epochs, args.bf16_batches, args.data_dir
+            )
     result["targets"] = {
         "speedup_vs_ref": TARGET_SPEEDUP,
         "epoch_seconds": TARGET_EPOCH_S,
+        "etth1_epoch_seconds": TARGET_ETTH1_EPOCH_S,
         "speedup_met": None
         if result["speedup_vs_ref"] is None
         else result["speedup_vs_ref"] >= TARGET_SPEEDUP,
         "epoch_met": result["epoch_seconds"] <= TARGET_EPOCH_S,
+        "etth1_epoch_met": None
+        if result.get("etth1_epoch_seconds") is None
+        else result["etth1_epoch_seconds"] <= TARGET_ETTH1_EPOCH_S,
     }
     meta["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_summary(result)

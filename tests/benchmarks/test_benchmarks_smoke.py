@@ -38,6 +38,53 @@ def test_train_step_quick(tmp_path: Path) -> None:
     big = saved["training_batch"]
     assert big["data"]["median_s"] >= 0 and big["step"]["median_s"] > 0
     assert saved["epoch_steps"] == saved["train_windows"] // 4  # quick mode: epoch batch 4
+    assert saved["etth1_epoch_seconds"] == pytest.approx(saved["etth1"]["epoch_seconds"])
+    assert saved["etth1_epoch_seconds"] > 0
+    assert saved["etth1"]["training_batch"]["step"]["median_s"] > 0
+
+
+def test_train_step_quick_bf16(tmp_path: Path) -> None:
+    """--bf16 times the autocast step against fp32; --bf16-train trains both precisions and compares test MAE."""
+    from benchmarks import train_step
+
+    out = tmp_path / "train_step.json"
+    train_step.main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--skip-ref",
+            "--skip-etth1",
+            "--bf16",
+            "--bf16-train",
+            "--out",
+            str(out),
+        ]
+    )
+    bf16 = json.loads(out.read_text())["bf16"]
+    assert bf16["step"]["speedup_vs_fp32"] > 0 and bf16["step"]["loss_rel_diff"] < 0.05
+    runs = bf16["training"]["runs"]
+    assert set(runs) == {"32-true", "bf16-mixed"} and all(
+        r["mae"] > 0 and r["seconds"] > 0 for r in runs.values()
+    )
+    assert bf16["training"]["mae_diff"] == pytest.approx(runs["bf16-mixed"]["mae"] - runs["32-true"]["mae"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised by importing dynamo
+def test_train_step_quick_compile(tmp_path: Path) -> None:
+    """--compile compiles the training step (minutes on a loaded machine) and records parity and break-even."""
+    from benchmarks import train_step
+
+    out = tmp_path / "train_step.json"
+    train_step.main(
+        ["--quick", "--threads", "1", "--skip-ref", "--skip-etth1", "--compile", "--out", str(out)]
+    )
+    comp = json.loads(out.read_text())["compile"]
+    assert "error" in comp or (comp["parity"]["ok"] and comp["compile_and_first_step_s"] > 0)
+    if "error" not in comp:
+        assert comp["scope"] in {"whole model", "static parts"}
+        assert comp["kept"] == (comp["speedup_vs_eager"] > 1.0)
 
 
 def test_scaling_quick(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import common, parity, train_step  # noqa: E402
+from benchmarks import common, compilation, parity, train_step  # noqa: E402
 
 
 def test_fitting_batch_halves_until_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +51,22 @@ def test_compare_tolerances() -> None:
 def test_compile_static_parts_keeps_the_mixture_eager() -> None:
     info = common.stm3_info(4, 8, 4)
     model = common.build_stm3(info, "torch")
-    names = parity.compile_static_parts(model)
+    names = compilation.compile_static_parts(model)
     assert names == ["embedding", "head", "layers.0.spatial", "layers.1.spatial"]
     assert not hasattr(model.layers[0].moe, "_orig_mod")
+
+
+def test_break_even_epochs() -> None:
+    # 60 s of compile overhead, 0.5 s saved on each of 120 steps: paid back after one epoch.
+    assert compilation.break_even_epochs(60.0, 2.0, 1.5, 120) == pytest.approx(1.0)
+    assert compilation.break_even_epochs(60.0, 2.0, 2.5, 120) is None  # slower when compiled: never
+
+
+def test_bf16_training_overrides_are_a_short_quiet_run() -> None:
+    from benchmarks import precision
+
+    overrides = precision.training_overrides(["data=pems08"], 2, 20, "/tmp/x")
+    assert {"trainer.max_epochs=2", "trainer.limit_train_batches=20", "logger.wandb.mode=disabled"} <= set(
+        overrides
+    )
+    assert overrides[0] == "data=pems08" and "paths.output_dir=/tmp/x" in overrides

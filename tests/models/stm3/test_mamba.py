@@ -117,3 +117,22 @@ def test_multiscale_grouped_conv_equals_one_conv_per_scale(scales: list[int]) ->
     fused = torch.autograd.grad(m.multiscale(x), params, grad_out)
     for got, want in zip(fused, torch.autograd.grad(expected, params, grad_out), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_recompute_gives_the_same_bits_with_less_kept() -> None:
+    """model.recompute: the block's activations are recomputed in the backward; outputs and gradients are equal."""
+    torch.manual_seed(0)
+    plain = MultiscaleMamba(8, [1, 3], kernel_backend="torch")
+    again = MultiscaleMamba(8, [1, 3], kernel_backend="torch", recompute=True)
+    again.load_state_dict(plain.state_dict())
+    h = torch.randn(3, 12, 8)
+    outs = []
+    for block in (plain, again):
+        x = h.clone().requires_grad_()
+        y = block(x)
+        y.square().sum().backward()
+        outs.append([y.detach(), x.grad, *(p.grad for p in block.parameters())])
+    for got, want in zip(outs[1], outs[0], strict=True):
+        assert torch.equal(got, want)
+    with torch.no_grad():
+        assert torch.equal(again(h), plain(h))

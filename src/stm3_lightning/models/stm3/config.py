@@ -89,6 +89,9 @@ class STM2Config(ModelConfig):
     init: str = choice(Init.official)
     # Implementation of the selective scan, causal conv and scale attention: auto | torch | ref | cuda | chunked.
     kernel_backend: str = choice(KernelBackend.auto)
+    # Recompute each Multiscale Mamba's activations in the backward instead of storing them (activation
+    # checkpointing): less peak memory for about one more forward of the Mamba blocks; same outputs and gradients.
+    recompute: bool = False
     # Deprecated alias of kernel_backend (moved there by validate, which leaves it unset).
     scan_backend: str | None = None
 

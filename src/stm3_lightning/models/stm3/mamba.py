@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from stm3_lightning.models.stm3.kernels.causal_conv import causal_conv1d
 from stm3_lightning.models.stm3.kernels.scan import selective_scan
@@ -47,6 +48,7 @@ class MultiscaleMamba(nn.Module):
         d_conv: int = 4,
         expand: int = 2,
         kernel_backend: str = "auto",
+        recompute: bool = False,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
@@ -64,6 +66,7 @@ class MultiscaleMamba(nn.Module):
             )
         self.scale_dim = self.d_inner // self.num_scales
         self.kernel_backend = kernel_backend
+        self.recompute = recompute
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         # Direct parameters first (as nn.Module lists them), in the release's order.
         self.dt_embedding = nn.Parameter(torch.empty(self.d_inner))
@@ -108,7 +111,14 @@ class MultiscaleMamba(nn.Module):
         return F.conv1d(x.contiguous(), weight, bias, padding=half, groups=self.num_scales)
 
     def forward(self, h: Tensor) -> Tensor:
-        """h: [b, L, M] -> [b, L, M]."""
+        """h: [b, L, M] -> [b, L, M]; with ``recompute`` (and gradients on) the block's activations are not kept
+        but recomputed in the backward (``torch.utils.checkpoint``, non-reentrant: the same bits)."""
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self.block, h, use_reentrant=False)
+        return self.block(h)
+
+    def block(self, h: Tensor) -> Tensor:
+        """h: [b, L, M] -> [b, L, M]: in_proj, multiscale conv, causal conv, x_proj, selective scan, out_proj."""
         xz = self.in_proj(h).transpose(1, 2)  # [b, 2 d_inner, L]
         x, z = xz.chunk(2, dim=1)
         x = self.multiscale(x)

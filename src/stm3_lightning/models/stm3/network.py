@@ -43,7 +43,7 @@ class STM3Layer(nn.Module):
             else None
         )
         mamba_kwargs = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand}
-        mamba_kwargs["kernel_backend"] = cfg.kernel_backend
+        mamba_kwargs.update(kernel_backend=cfg.kernel_backend, recompute=cfg.recompute)
         if isinstance(cfg, STM3Config):
             self.moe: MixtureOfExperts | None = MixtureOfExperts(
                 d * q,

@@ -20,7 +20,9 @@ def _outputs_and_grads(att: CausalScaleAttention, g: torch.Tensor, backend: str)
     return [out.detach(), *grads]
 
 
-@pytest.mark.parametrize("dim, scales, lead", [(4, 4, (3, 5, 7)), (3, 5, (11,)), (2, 1, (4,))])
+@pytest.mark.parametrize(
+    "dim, scales, lead", [(4, 4, (3, 5, 7)), (12, 4, (2, 9, 3)), (3, 5, (11,)), (2, 1, (4,))]
+)
 def test_fused_kernel_matches_the_pytorch_path(dim: int, scales: int, lead: tuple[int, ...]) -> None:
     if not kernel_available():
         pytest.skip("the fused CPU scale-attention kernel cannot be compiled here")

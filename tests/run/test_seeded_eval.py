@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from stm3_lightning.cli import main
-from stm3_lightning.run.seeded_eval import evaluate_loader, load_for_eval, num_batches, seeded_rng
+from stm3_lightning.run.evaluation import load_for_eval
+from stm3_lightning.run.seeded_eval import evaluate_loader, num_batches, seeded_rng
 
 # A tiny STM3 whose router noise (x1000 the release's) flips routes, so the eval seed visibly matters.
 RUN = [

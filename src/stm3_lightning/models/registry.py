@@ -16,6 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from stm3_lightning.models import baselines
+from stm3_lightning.models.stm3.config import STM2Config, STM3Config, coerce_config
+from stm3_lightning.models.stm3.network import build_stm2, build_stm3
 from stm3_lightning.types import DataInfo
 
 __all__ = ["DataInfo", "ModelEntry", "available_models", "build_model", "model_schema", "register_model"]
@@ -37,11 +40,6 @@ class ModelEntry:
 @functools.cache
 def builtin_models() -> dict[str, ModelEntry]:
     """The models shipped with the package."""
-    # Imported on first use: models/stm3/network.py imports this module for DataInfo.
-    from stm3_lightning.models import baselines
-    from stm3_lightning.models.stm3.config import STM2Config, STM3Config, coerce_config
-    from stm3_lightning.models.stm3.network import build_stm2, build_stm3
-
     return {
         "persistence": ModelEntry(baselines.PersistenceConfig, baselines.build_persistence),
         "seasonal_naive": ModelEntry(baselines.SeasonalNaiveConfig, baselines.build_seasonal_naive),

@@ -27,8 +27,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from stm3_lightning.metrics.per_batch import global_metrics, per_batch_metrics
+from stm3_lightning.run.evaluation import load_for_eval
 from stm3_lightning.run.results import atomic_write_text
-from stm3_lightning.run.seeded_eval import EvalPass, eval_seed, evaluate_loader, load_for_eval
+from stm3_lightning.run.seeded_eval import EvalPass, eval_seed, evaluate_loader
 
 CHECKS: tuple[str, ...] = ("eval_seeds", "router_noise", "split")
 SPLIT_VARIANTS: tuple[str, ...] = ("window", "ratio_lookback")

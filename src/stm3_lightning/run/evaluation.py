@@ -7,7 +7,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_saved
-from stm3_lightning.run.checkpoints import CheckpointError
+from stm3_lightning.data.datamodule import SpatioTemporalDataModule
+from stm3_lightning.lit.forecaster import Forecaster
+from stm3_lightning.run.builders import build_datamodule, build_forecaster
+from stm3_lightning.run.checkpoints import CheckpointError, check_compatible, run_metadata
 from stm3_lightning.run.rundir import is_run_dir
 
 
@@ -43,3 +46,18 @@ def config_for_checkpoint(ckpt: str | Path, overrides: list[str]) -> tuple[DictC
             "pass only key=value overrides such as data.eval_batch_size=16."
         )
     return compose_saved(run_dir / "config.yaml", overrides), run_dir
+
+
+def load_for_eval(
+    ckpt: str | Path, overrides: list[str]
+) -> tuple[DictConfig, Forecaster, SpatioTemporalDataModule]:
+    """The config (the run's own, with dotlist ``overrides``), the module with the checkpoint's weights, and the
+    data of ``ckpt``; fails in one sentence when the checkpoint does not fit."""
+    cfg, _ = config_for_checkpoint(ckpt, overrides)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    module = build_forecaster(cfg, dm.info)  # the checkpoint's buffers carry the run's scaler
+    state = check_compatible(ckpt, module, run_metadata(cfg, dm.info))
+    module.load_state_dict(state["state_dict"])
+    return cfg, module, dm

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +20,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from stm3_lightning.callbacks.rng_state import capture_rng, restore_rng
-from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.lit.forecaster import Forecaster
-from stm3_lightning.run.builders import build_datamodule, build_forecaster
-from stm3_lightning.run.checkpoints import check_compatible, run_metadata
-from stm3_lightning.run.evaluation import config_for_checkpoint
 
 
 def eval_seed(cfg: DictConfig) -> int:
@@ -98,16 +93,3 @@ def evaluate_loader(
     pred = np.concatenate([p for p, _ in kept])
     true = np.concatenate([t for _, t in kept])
     return EvalPass(metrics.compute(), metrics.per_step(), pred, true)
-
-
-def load_for_eval(
-    ckpt: str | Path, overrides: list[str]
-) -> tuple[DictConfig, Forecaster, SpatioTemporalDataModule]:
-    """The config (the run's own, with dotlist ``overrides``), the module with the checkpoint's weights, and the
-    data of ``ckpt``; fails in one sentence when the checkpoint does not fit."""
-    cfg, _ = config_for_checkpoint(ckpt, overrides)
-    dm = build_datamodule(cfg)
-    module = build_forecaster(cfg, dm)
-    state = check_compatible(ckpt, module, run_metadata(cfg, dm.info))
-    module.load_state_dict(state["state_dict"])
-    return cfg, module, dm

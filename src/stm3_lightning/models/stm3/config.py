@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from stm3_lightning.choices import Choice
-from stm3_lightning.config.schema import ModelConfig
 from stm3_lightning.models.stm3.kernels.backends import KernelBackend, warn_once
+from stm3_lightning.types import ModelConfig
 
 log = logging.getLogger(__name__)
 

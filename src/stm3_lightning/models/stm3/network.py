@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from stm3_lightning.models.registry import DataInfo, register_model
 from stm3_lightning.models.stm3.agccn import AGCCN
 from stm3_lightning.models.stm3.config import STM2Config, STM3Config, coerce_config
 from stm3_lightning.models.stm3.contrastive import scale_representations
@@ -18,6 +17,7 @@ from stm3_lightning.models.stm3.head import ForecastHead
 from stm3_lightning.models.stm3.init import apply_init
 from stm3_lightning.models.stm3.mamba import MultiscaleMamba
 from stm3_lightning.models.stm3.moe import MixtureOfExperts, MoEOutput
+from stm3_lightning.types import DataInfo
 
 
 class STM3Layer(nn.Module):
@@ -182,13 +182,11 @@ class STM3Network(nn.Module):
         return out
 
 
-@register_model("stm3", STM3Config)
 def build_stm3(cfg: object, info: DataInfo) -> STM3Network:
     """STM3 from a ``model=stm3`` config (dataclass, DictConfig or mapping)."""
     return STM3Network(coerce_config(cfg, STM3Config), info)
 
 
-@register_model("stm2", STM2Config)
 def build_stm2(cfg: object, info: DataInfo) -> STM3Network:
     """STM2 (no mixture: one multiscale Mamba per layer) from a ``model=stm2`` config."""
     return STM3Network(coerce_config(cfg, STM2Config), info)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
 from stm3_lightning.models.stm3.config import STM3Config
 from stm3_lightning.models.stm3.kernels.chunked import selective_scan_chunked, selective_scan_ref
+from stm3_lightning.types import DataInfo
 
 pytestmark = [
     pytest.mark.gpu,

@@ -53,6 +53,9 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
             "checkpoint": ckpt or "final weights",
             "windows": dm.window_counts,
         }
+        scored, total = results.get("scored_windows"), dm.window_counts.get("test")
+        if scored is not None and total is not None and scored < total:
+            log.info("Scored %d of the %d test windows (trainer.limit_test_batches).", scored, total)
         write_test_metrics(run_dir, results, extra)
         if cfg.metrics.save_predictions and module.test_outputs:
             write_predictions(run_dir, module.test_outputs)

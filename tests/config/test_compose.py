@@ -70,6 +70,29 @@ def test_bad_choices_fail_clearly(arg: str, pattern: str) -> None:
         compose([arg])
 
 
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("reproduce/pems8", "reproduce/pems08"),
+        ("no_agcn", "ablations/no_agccn"),  # spelling of the last path part
+        ("hidden", "ablations/hidden_router"),  # a part of the name
+        ("reproduce/PEMS08", "reproduce/pems08"),
+    ],
+)
+def test_unknown_experiment_suggests_closest_names(name: str, suggested: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"Unknown experiment '{name}'; available: .*\. Did you mean [^?]*{suggested}"
+    ):
+        compose([f"experiment={name}"])
+
+
+@pytest.mark.parametrize("arg", ["data.horizon=-3", "data.input_len=0"])
+def test_non_positive_window_lengths_echo_the_values(arg: str) -> None:
+    key, value = arg.split("=")
+    with pytest.raises(ConfigError, match=rf"must be positive integers, got .*{key}={value}\b"):
+        compose([arg])
+
+
 def test_compose_saved_roundtrip(tmp_path) -> None:
     cfg = compose(["model=linear", "seed=5"])
     OmegaConf.save(cfg, tmp_path / "config.yaml")

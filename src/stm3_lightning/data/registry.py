@@ -46,6 +46,8 @@ class DataFile:
     fmt: a :data:`formats.ARRAY_FORMATS` entry for series files, :data:`formats.ADJACENCY_FORMATS` for graphs.
     key: array name (npz), variable (mat, ``None`` = the only one) or DataFrame name (hdf, ``None`` = the only one).
     layout: ``TNC`` (``[T, N]`` or ``[T, N, C]``) or ``SDN`` (``[slot of day, day, node]``).
+    ranks: the array ranks the published file has (``(3,)`` for files released as ``[T, N, C]``, which a
+    ``[T, N]`` array cannot be); other ranks are refused.
     last_column: CSV column moved to the end (Electricity ``OT``).
     ids: for edge lists with sensor ids, the file listing the ids in node order.
     url, checksum: a pinned download (``sha256:<hex>`` or ``gitsha1:<hex>``); both or neither.
@@ -56,6 +58,7 @@ class DataFile:
     fmt: str
     key: str | None = None
     layout: str = "TNC"
+    ranks: tuple[int, ...] = (2, 3)
     last_column: str | None = None
     ids: DataFile | None = None
     url: str | None = None
@@ -159,6 +162,7 @@ def _pems_spec(
         f"{tag}/{tag}.npz",
         "npz",
         key="data",
+        ranks=(3,),
         url=f"{_ASTGNN}/{tag}/{tag}.npz",
         checksum=npz_checksum,
         note="ASTGCN/STSGCN layout [T, N, C], channel 0 = flow (the STM3 release's file)",
@@ -203,6 +207,7 @@ _PEMS08_FLOW = DataFile(
     "PEMS08/PEMS08_flow.npz",
     "npz",
     key="data",
+    ranks=(3,),
     note="flow only, [T, N, 1] (built from the .mat: same numbers)",
 )
 _PEMS03_IDS = DataFile(
@@ -252,7 +257,11 @@ _register(
         4,
         307,
         16992,
-        extra=(DataFile("PeMS04/PEMS04.npz", "npz", key="data", note="the STM3 release's folder name"),),
+        extra=(
+            DataFile(
+                "PeMS04/PEMS04.npz", "npz", key="data", ranks=(3,), note="the STM3 release's folder name"
+            ),
+        ),
         npz_checksum="gitsha1:a1a39eac4b86963b1ac22874fd1cc693eb642cd2",
         edges_checksum="sha256:68ffaa80447eb34428a9999dc28363c61406ec0fd714686d0582d2386ac6f5f7",
         source=f"{_RELEASE} (folder PeMS04/); PEMS04.npz from ASTGCN/ASTGNN",
@@ -329,7 +338,11 @@ _register(
 )
 
 _MILAN = DataFile(
-    "Milan/milan.npz", "npz", key="data", note="[T, 300, C]; channel 0 sms, 1 call, 2 internet (release)"
+    "Milan/milan.npz",
+    "npz",
+    key="data",
+    ranks=(3,),
+    note="[T, 300, C]; channel 0 sms, 1 call, 2 internet (release)",
 )
 
 
@@ -556,7 +569,7 @@ def _read_values(spec: DatasetSpec, file: DataFile, path: Path, channel: int) ->
             path, file.checksum, fix=f"delete it (it is downloaded again) or restore it from {file.url}"
         )
     array = formats.read_array(path, file.fmt, file.key, file.last_column)
-    values = formats.to_series(array, path, file.layout, channel, spec.steps_per_day)
+    values = formats.to_series(array, path, file.layout, channel, spec.steps_per_day, file.ranks)
     if values.shape[1] != spec.num_nodes:
         raise FormatError(
             f"{path} has {values.shape[1]} nodes but {spec.title} has {spec.num_nodes}; it is not the "

@@ -134,6 +134,7 @@ class Forecaster(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
         per_step = self.test_metrics.per_step()
+        scored = self.test_metrics.scored_windows()
         self.log_dict({f"test/{k}": v for k, v in values.items()}, sync_dist=False)
         self.test_results = {
             "protocol": self.metrics_cfg.protocol,
@@ -141,6 +142,7 @@ class Forecaster(L.LightningModule):
             "overall": {k: values[k] for k in ("mae", "rmse", "mape", "wape")},
             "horizons": {k: v for k, v in values.items() if "@" in k},
             "per_step": per_step,
+            "scored_windows": scored,
         }
         self.test_metrics.reset()
 

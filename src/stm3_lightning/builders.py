@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,9 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from stm3_lightning.callbacks.analysis import has_routing
 from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
 from stm3_lightning.callbacks.rng_state import RngState
@@ -22,6 +25,8 @@ from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.data.resumable import ResumableDataModule
 from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.models.registry import build_model
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> SpatioTemporalDataModule:
@@ -77,7 +82,10 @@ def build_resilience_callbacks(cfg: DictConfig, dm: SpatioTemporalDataModule) ->
     return out
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule) -> list[Callback]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule, model: nn.Module | None = None
+) -> list[Callback]:
+    """Every callback of a run; ``model`` (the network) decides whether the analysis callbacks apply."""
     cb = cfg.callbacks
     out = build_checkpoint_callbacks(cfg, run_dir) + build_resilience_callbacks(cfg, dm)
     if cb.early_stopping.enabled:
@@ -87,13 +95,19 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule
         out.append(RichProgressBar())
     elif cb.progress_bar == "tqdm":
         out.append(TQDMProgressBar())
-    out += build_analysis_callbacks(cfg, run_dir)
+    if model is not None:
+        out += build_analysis_callbacks(cfg, run_dir, model)
     return out
 
 
-def build_analysis_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
-    """Routing-smoothness / disentanglement instrumentation, when enabled."""
+def build_analysis_callbacks(cfg: DictConfig, run_dir: Path, model: nn.Module) -> list[Callback]:
+    """Routing-smoothness / disentanglement instrumentation, when enabled and ``model`` routes (one info line
+    says so when it does not)."""
     out: list[Callback] = []
+    wanted = cfg.callbacks.routing.enabled or cfg.callbacks.disentanglement.enabled
+    if wanted and not has_routing(model):
+        log.info("Routing and disentanglement analysis skipped: %s has no router.", cfg.model.name)
+        return out
     if cfg.callbacks.routing.enabled:
         from stm3_lightning.callbacks.routing import RoutingSmoothnessCallback
 

@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict:
     try:
         save_config(cfg, run_dir, resuming, worker)
         loggers = build_loggers(cfg, run_dir, resume_step if resuming else None)
-        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm))
+        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm, module.model))
         try:
             if trainable:
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)

@@ -106,9 +106,9 @@ def read_metrics_csv(run_dir: Path) -> list[dict[str, float]]:
 
 
 @pytest.fixture
-def analysis_run_args() -> list[str]:
-    """Overrides of a tiny run (2 epochs of 4 batches, 6 nodes) with both analysis callbacks; add a model."""
-    return [*TINY_DATA, *ANALYSIS]
+def tiny_data_args() -> list[str]:
+    """Overrides of a tiny run (2 epochs of 4 batches, 6 nodes) with the default callbacks; add a model."""
+    return list(TINY_DATA)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from matplotlib.figure import Figure
 
-from stm3_lightning.callbacks.figure_sink import NamedFigure, active_wandb_loggers, figure_image, log_figures
+from stm3_lightning.callbacks.figure_sink import NamedFigure, active_wandb_loggers, log_figures
 
 
 def _figure() -> Figure:
@@ -18,10 +18,6 @@ def _figure() -> Figure:
 def test_png_path_has_the_epoch_only_for_snapshots(per_epoch: bool, name: str, tmp_path: Path) -> None:
     path = NamedFigure("routing/layer1/load_bars", _figure(), per_epoch).png_path(tmp_path, 7)
     assert path == tmp_path / "routing" / "layer1" / name
-
-
-def test_figure_image_renders_at_the_requested_size() -> None:
-    assert figure_image(_figure(), dpi=50).size == (200, 150)
 
 
 @pytest.mark.parametrize("global_zero", [True, False])

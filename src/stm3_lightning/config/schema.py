@@ -180,9 +180,12 @@ class CheckpointConfig:
 
 @dataclass
 class AnalysisCallbackConfig:
-    """Routing / disentanglement instrumentation (callbacks/routing.py, callbacks/disentanglement.py)."""
+    """Routing / disentanglement instrumentation (callbacks/routing.py, callbacks/disentanglement.py).
 
-    enabled: bool = False
+    On by default; only models that route (STM3) get the callbacks, others skip them with one info line.
+    """
+
+    enabled: bool = True
     every_n_epochs: int = 1
     batch_size: int = 8
     sensitivity_sigma: float = 0.01

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import TextIO
 
 import lightning as L
 from lightning.pytorch.callbacks import (
@@ -19,6 +21,7 @@ from torch import nn
 from stm3_lightning.callbacks.analysis import has_routing
 from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
+from stm3_lightning.callbacks.plain_progress import PlainProgress
 from stm3_lightning.callbacks.rng_state import RngState
 from stm3_lightning.checkpoints import CheckpointMetadata, run_metadata
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
@@ -91,13 +94,26 @@ def build_callbacks(
     if cb.early_stopping.enabled:
         es = cb.early_stopping
         out.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode))
-    if cb.progress_bar == "rich":
-        out.append(RichProgressBar())
-    elif cb.progress_bar == "tqdm":
-        out.append(TQDMProgressBar())
+    bar = progress_bar(cb.progress_bar, cb.progress_every_n_steps)
+    if bar is not None:
+        out.append(bar)
     if model is not None:
         out += build_analysis_callbacks(cfg, run_dir, model)
     return out
+
+
+def progress_bar(kind: str, every_n_steps: int, stdout: TextIO | None = None) -> Callback | None:
+    """The progress bar ``callbacks.progress_bar`` names; ``auto``: rich on a terminal, else one plain line every
+    ``every_n_steps`` steps (logs, pipes, CI). ``None`` for ``none``."""
+    if kind == "auto":
+        kind = "rich" if (stdout or sys.stdout).isatty() else "plain"
+    if kind == "rich":
+        return RichProgressBar()
+    if kind == "tqdm":
+        return TQDMProgressBar()
+    if kind == "plain":
+        return PlainProgress(every_n_steps)
+    return None
 
 
 def build_analysis_callbacks(cfg: DictConfig, run_dir: Path, model: nn.Module) -> list[Callback]:

@@ -237,7 +237,8 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "data.nan_policy": ("fail", "mask"),
     "metrics.protocol": ("official", "masked"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
-    "callbacks.progress_bar": ("rich", "tqdm", "none"),
+    "callbacks.progress_bar": ("auto", "rich", "tqdm", "plain", "none"),
+    "logger.wandb.log_model": (False, True, "all"),
 }
 
 
@@ -246,7 +247,8 @@ def validate_values(cfg: DictConfig) -> None:
     for key, allowed in _ENUMS.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"Invalid value '{value}' for '{key}'; choose one of {', '.join(allowed)}.")
+            choices = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+            raise ConfigError(f"Invalid value '{value}' for '{key}'; choose one of {choices}.")
     data = cfg.data
     if data.input_len < 1 or data.horizon < 1:
         raise ConfigError(

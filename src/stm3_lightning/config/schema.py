@@ -147,9 +147,15 @@ class WandbConfig:
     mode: str = "offline"
     project: str = "stm3-lightning"
     entity: str = ""
+    # Empty name/group/job_type: derived from the run (see ``stm3_lightning.loggers.run_identity``):
+    # group <data>-<model>[-<experiment>][-<variant>], name <group>-seed<seed>, job_type = task.
     group: str = ""
     name: str = ""
+    job_type: str = ""
+    # Extra tags; data, model, experiment, variant switches and seed<k> are always added (and ``tags``).
     tags: list[str] = field(default_factory=list)
+    # Checkpoints as W&B artifacts (Lightning's WandbLogger log_model): false, true (at the end) or all.
+    log_model: Any = False
     # Seconds to wait for the W&B service before continuing offline.
     init_timeout: float = 30.0
 
@@ -197,7 +203,9 @@ class AnalysisCallbackConfig:
 class CallbacksConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    progress_bar: str = "rich"  # rich | tqdm | none
+    # auto = rich on a terminal, plain (one line every progress_every_n_steps steps) when stdout is not one
+    progress_bar: str = "auto"  # auto | rich | tqdm | plain | none
+    progress_every_n_steps: int = 50
     plots: bool = True
     nan_guard: bool = True
     routing: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)

@@ -26,7 +26,8 @@ class Forecaster(L.LightningModule):
       prediction is inverse-scaled), z-scored units otherwise. Under ``metrics.protocol=masked`` missing
       entries (``null_val``) are excluded from the loss too.
     - Auxiliary losses returned by the model are added to the training objective and logged one by one
-      (``train/aux/<name>``); ``train/loss`` is the prediction loss alone, as the release logs it.
+      (``train/aux/<name>``); ``train/loss`` is the prediction loss alone, as the release logs it, per step, and
+      ``train/loss_epoch`` its mean over the epoch.
     - ``val/loss`` (early stopping, checkpoint selection) is the validation MAE; test metrics are never used
       for selection.
 
@@ -128,6 +129,8 @@ class Forecaster(L.LightningModule):
         total = loss + sum(aux.values()) if aux else loss
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # The epoch mean too (over all processes): Lightning's own ``_epoch`` suffix, ``train/loss`` unchanged.
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         for name, value in aux.items():
             self.log(f"train/aux/{name}", value, batch_size=bs)
         if aux:

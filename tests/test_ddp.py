@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from torch.utils.data import DistributedSampler, Sampler
 
+from stm3_lightning.callbacks.rng_state import RngState
 from stm3_lightning.config.compose import compose
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.run.builders import build_datamodule, build_forecaster, load_before_writing
@@ -46,11 +47,11 @@ class PaddingEvalDataModule(SpatioTemporalDataModule):
         return DistributedSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=False)
 
 
-def make_trainer(devices: int, **kwargs: object) -> L.Trainer:
+def make_trainer(devices: int, strategy: str = "ddp_fork", **kwargs: object) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp_fork" if devices > 1 else "auto",
+        strategy=strategy if devices > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -119,6 +120,65 @@ def test_padding_sampler_would_change_test_metrics(checkpoint: tuple[DictConfig,
     single, _ = evaluate(cfg, ckpt, "test", 1, build_datamodule)
     padded, _ = evaluate(cfg, ckpt, "test", 2, padding_datamodule)
     assert max_rel_diff(padded, single) > 100 * TOL
+
+
+STM3_TINY = [
+    "model=stm3",
+    "data.synthetic.num_nodes=6",
+    "data.synthetic.num_steps=700",
+    "data.input_len=12",
+    "data.horizon=6",
+    "model.hidden_dim=2",
+    "model.node_emb_dim=4",
+    "model.d_state=4",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "logger.wandb.mode=disabled",
+    "callbacks.progress_bar=none",
+]
+
+
+# Parameters whose gradient is float noise: a key bias (softmax is shift-invariant: its gradient is exactly 0) and
+# the released router gate (~1e-8 gradient). AdamW turns noise of either sign into steps of ±lr, so they differ
+# between any two summation orders (also between one-process runs with different thread counts).
+NOISE_DRIVEN = ("attention.k_proj.bias", "router.gate.weight")
+
+
+def fit_stm3(cfg: DictConfig, devices: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Weights and logged metrics after a short fit on ``devices`` processes (same global batch)."""
+    L.seed_everything(cfg.seed)
+    dm = build_datamodule(cfg)
+    module = build_forecaster(cfg, dm.info)
+    trainer = make_trainer(
+        devices,
+        # 6 nodes leave some of the 4 experts without rows: DDP must allow parameters without gradient.
+        strategy="ddp_fork_find_unused_parameters_true",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=3,
+        num_sanity_val_steps=1,
+        callbacks=[RngState()],
+    )
+    trainer.fit(module, datamodule=dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {k: v.clone() for k, v in module.state_dict().items()}, metrics
+
+
+@pytest.mark.parametrize("contrastive", ["released", "repaired"])
+def test_ddp_stm3_training_equals_single_process(contrastive: str) -> None:
+    """2 processes with half the global batch each train STM3 as 1 process does: the contrastive loss and its random
+    negatives are those of the global batch, the router noise is drawn for the global batch (also in evaluation),
+    and the launch's re-seeding is undone. Before, the negatives came from the local half-batch."""
+    cfg = compose([*STM3_TINY, f"model.contrastive={contrastive}"])
+    single_w, single = fit_stm3(cfg, 1)
+    ddp_w, ddp = fit_stm3(cfg, 2)
+    assert {"val/loss", "train/aux/contrastive/layer0"} <= single.keys()
+    for key in ("val/loss", "val/rmse", "train/aux/contrastive/layer1"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-5), key
+    for name, value in single_w.items():
+        if not name.endswith(NOISE_DRIVEN):
+            assert torch.allclose(ddp_w[name], value, rtol=1e-5, atol=1e-5), name
+    assert not torch.distributed.is_initialized()
 
 
 class RecordBatchSizes(Callback):

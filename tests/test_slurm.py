@@ -56,9 +56,10 @@ def test_train_directives_one_node_requeue_and_signal() -> None:
     assert d["--open-mode"] == "append"  # a requeued job appends to the same log
 
 
-def test_agents_directives_array_of_single_gpu_tasks() -> None:
+def test_agents_directives_array_of_single_gpu_tasks_requeued() -> None:
     d = directives(AGENTS)
     assert d["--ntasks"] == "1" and d["--gpus-per-node"] == "1" and "--array" in d
+    assert "--requeue" in d and d["--open-mode"] == "append"  # a preempted agent comes back, same log
     assert "wandb agent" in AGENTS.read_text()
 
 
@@ -84,15 +85,20 @@ def fake_cluster(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def submit(env: dict[str, str], *args: str) -> list[tuple[dict[str, str], list[str]]]:
-    """Run the batch script; return per task: ``({"rank", "run_dir_env"}, stm3 arguments)``."""
+def run_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     log = Path(env["FAKE_LOG"])
     for old in log.parent.glob(log.name + ".*"):
         old.unlink()
-    proc = subprocess.run(["bash", str(TRAIN), *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(TRAIN), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def submit(env: dict[str, str], *args: str) -> list[tuple[dict[str, str], list[str]]]:
+    """Run the batch script; return per task: ``({"rank", "run_dir_env"}, stm3 arguments)``."""
+    proc = run_script(env, *args)
     assert proc.returncode == 0, proc.stderr
+    log = Path(env["FAKE_LOG"])
     calls = []
-    for rank in range(NTASKS):
+    for rank in range(int(env["FAKE_NTASKS"])):
         path = log.with_name(f"{log.name}.{rank}")
         if path.is_file():
             lines = path.read_text().splitlines()
@@ -142,3 +148,61 @@ def test_finished_job_does_nothing(fake_cluster: dict[str, str], tmp_path: Path)
     (run_dir / "config.yaml").write_text("seed: 1\n")
     (run_dir / "test_metrics.json").write_text("{}")
     assert submit(fake_cluster) == []
+
+
+def multi_node(env: dict[str, str], nodes: int, per_node: int, **extra: str) -> dict[str, str]:
+    """The variables SLURM sets for ``--nodes=<nodes> --ntasks-per-node=<per_node>`` (minus what ``extra`` drops)."""
+    env = {
+        **env,
+        "SLURM_NNODES": str(nodes),
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_NTASKS": str(nodes * per_node),
+        "SLURM_NTASKS_PER_NODE": str(per_node),
+        "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
+        "SLURM_GPUS_ON_NODE": str(per_node),
+        "FAKE_NTASKS": str(nodes * per_node),
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [{}, {"SLURM_NTASKS_PER_NODE": ""}, {"SLURM_NTASKS_PER_NODE": "", "SLURM_TASKS_PER_NODE": ""}],
+    ids=["ntasks-per-node", "tasks-per-node", "gpus-on-node"],
+)
+def test_multi_node_job_derives_nodes_and_devices_from_slurm(
+    fake_cluster: dict[str, str], drop: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sbatch --nodes=2 --ntasks-per-node=2``: every task runs ``trainer.num_nodes=2 trainer.devices=2``, which
+    Lightning's SLURMEnvironment accepts (the hard-coded num_nodes=1 made it raise)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    env = multi_node(fake_cluster, nodes=2, per_node=2, **drop)
+    calls = submit(env, "experiment=reproduce/pems08")
+    assert len(calls) == 4 and all(args == calls[0][1] for _, args in calls)
+    assert [meta["run_dir_env"] == "" for meta, _ in calls] == [True, False, False, False]
+    cfg = compose(calls[0][1][1:])
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp"
+    for key, value in multi_node({}, nodes=2, per_node=2).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SLURM_JOB_NAME", "stm3")  # not interactive
+    SLURMEnvironment().validate_settings(num_devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes)
+    with pytest.raises(ValueError, match="num_nodes=1"):
+        SLURMEnvironment().validate_settings(num_devices=2, num_nodes=1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"SLURM_NTASKS_PER_NODE": "", "SLURM_TASKS_PER_NODE": "2,1"}, "different numbers of tasks"),
+        ({"SLURM_NTASKS": "3"}, "the job has 3 tasks but 2 node\\(s\\) x 2 task\\(s\\) per node"),
+    ],
+)
+def test_inconsistent_allocation_is_refused_in_one_sentence(
+    fake_cluster: dict[str, str], extra: dict[str, str], message: str
+) -> None:
+    proc = run_script(multi_node(fake_cluster, nodes=2, per_node=2, **extra), "model=linear")
+    assert proc.returncode == 2
+    assert re.search(f"^error: .*{message}.*--ntasks-per-node", proc.stderr)
+    assert not list(Path(fake_cluster["FAKE_LOG"]).parent.glob("stm3-call.*"))

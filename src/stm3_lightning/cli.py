@@ -18,6 +18,7 @@ import sys
 
 from stm3_lightning.config.compose import ConfigError, compose
 from stm3_lightning.config.safety import harden_resolvers
+from stm3_lightning.console import configure_console
 
 harden_resolvers()
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("overrides", nargs="*", help="group=name choices and key=value overrides")
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_console(logging.INFO)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:

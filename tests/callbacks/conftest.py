@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,11 +35,6 @@ TINY_STM3 = [
 ANALYSIS = ["callbacks=analysis", "callbacks.routing.batch_size=4", "callbacks.disentanglement.batch_size=4"]
 TINY_INFO = DataInfo(num_nodes=6, input_len=12, horizon=3, input_dim=1)
 
-# LevelDB log format of ``run-<id>.wandb``: 32 KiB blocks, records with a 7-byte header (crc32, length, type).
-_WANDB_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte)
-_BLOCK = 32 * 1024
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
 
 def run_training(output_dir: Path, args: list[str], wandb_mode: str = "disabled") -> Path:
     """Train with ``args`` into ``output_dir`` (W&B in ``wandb_mode``) and return the run directory."""
@@ -60,36 +54,10 @@ def run_training(output_dir: Path, args: list[str], wandb_mode: str = "disabled"
     return output_dir
 
 
-def _wandb_records(path: Path) -> Iterator[bytes]:
-    """Payloads of the records of a LevelDB-log ``.wandb`` file."""
-    data = path.read_bytes()
-    pos, pending = _WANDB_HEADER, b""
-    while pos + 7 <= len(data):
-        if _BLOCK - pos % _BLOCK < 7:  # block trailer padding
-            pos += _BLOCK - pos % _BLOCK
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 0:  # zero padding up to the block end
-            pos += (_BLOCK - pos % _BLOCK) % _BLOCK
-        elif kind in (_FULL, _FIRST):
-            pending = chunk
-        else:
-            pending += chunk
-        if kind in (_FULL, _LAST):
-            yield pending
-
-
-def read_wandb_history(run_dir: Path) -> list[dict[str, object]]:
+def read_wandb_history(run_dir: Path, records: Callable[[Path], list]) -> list[dict[str, object]]:
     """History rows logged to the offline W&B run under ``run_dir``: ``{"a/b": value, "img.path": ...}`` each."""
-    from wandb.proto import wandb_internal_pb2
-
-    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows = []
-    for payload in _wandb_records(run_file):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
+    for record in records(run_dir):
         if record.WhichOneof("record_type") == "history":
             rows.append(
                 {
@@ -107,9 +75,9 @@ def read_metrics_csv(run_dir: Path) -> list[dict[str, float]]:
 
 
 @pytest.fixture
-def analysis_run_args() -> list[str]:
-    """Overrides of a tiny run (2 epochs of 4 batches, 6 nodes) with both analysis callbacks; add a model."""
-    return [*TINY_DATA, *ANALYSIS]
+def tiny_data_args() -> list[str]:
+    """Overrides of a tiny run (2 epochs of 4 batches, 6 nodes) with the default callbacks; add a model."""
+    return list(TINY_DATA)
 
 
 @pytest.fixture
@@ -136,8 +104,8 @@ def wandb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wandb_history(wandb_run: Path) -> list[dict[str, object]]:
-    return read_wandb_history(wandb_run)
+def wandb_history(wandb_run: Path, wandb_records: Callable[[Path], list]) -> list[dict[str, object]]:
+    return read_wandb_history(wandb_run, wandb_records)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from stm3_lightning.callbacks.analysis import eval_mode, first_windows, layer_keys, seeded_rng
+from stm3_lightning.callbacks.analysis import eval_mode, first_windows, has_routing, layer_keys, seeded_rng
 from stm3_lightning.callbacks.routing import RoutingSmoothnessCallback
 from stm3_lightning.config.schema import AnalysisCallbackConfig
 
@@ -77,13 +77,38 @@ def test_evaluations_skip_the_sanity_check_and_follow_every_n_epochs(
     sanity: bool, epoch: int, every: int, expected: bool, tmp_path: Path
 ) -> None:
     cb = RoutingSmoothnessCallback(AnalysisCallbackConfig(enabled=True, every_n_epochs=every), tmp_path)
-    trainer = SimpleNamespace(sanity_checking=sanity, current_epoch=epoch)
+    trainer = SimpleNamespace(sanity_checking=sanity, current_epoch=epoch, global_step=0)
     assert cb._due(trainer) is expected
+
+
+def test_every_validation_of_an_epoch_is_measured_once(tmp_path: Path) -> None:
+    """``trainer.val_check_interval`` validates several times per epoch: each one is measured, none twice."""
+    cb = RoutingSmoothnessCallback(AnalysisCallbackConfig(enabled=True), tmp_path)
+    cb._last_evaluation = (2, 40)
+    due = [cb._due(SimpleNamespace(sanity_checking=False, current_epoch=2, global_step=s)) for s in (40, 60)]
+    assert due == [False, True]
 
 
 def test_zero_every_n_epochs_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="every_n_epochs"):
         RoutingSmoothnessCallback(AnalysisCallbackConfig(enabled=True, every_n_epochs=0), tmp_path)
+
+
+def test_only_models_that_route_get_the_analysis_callbacks(
+    make_stm3: Callable[..., nn.Module], tmp_path: Path
+) -> None:
+    from stm3_lightning.config.compose import compose
+    from stm3_lightning.models.baselines import Persistence
+    from stm3_lightning.run.builders import build_analysis_callbacks
+
+    cfg = compose([])  # the default callbacks: analysis on
+    built = build_analysis_callbacks(cfg, tmp_path, make_stm3())
+    assert [type(cb).__name__ for cb in built] == [
+        "RoutingSmoothnessCallback",
+        "ExpertDisentanglementCallback",
+    ]
+    assert build_analysis_callbacks(cfg, tmp_path, Persistence(horizon=3)) == []
+    assert has_routing(make_stm3()) and not has_routing(nn.Linear(2, 2))
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -105,16 +130,17 @@ def test_callbacks_leave_the_training_trajectory_unchanged(
 )
 def test_models_without_routing_are_skipped_with_one_info_message(
     model_args: list[str],
-    analysis_run_args: list[str],
+    tiny_data_args: list[str],
     tmp_path: Path,
     train_tiny: Callable[..., Path],
     read_metrics: Callable[[Path], list[dict[str, float]]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="stm3_lightning.callbacks.analysis"):
-        run_dir = train_tiny(tmp_path, [*model_args, *analysis_run_args, "trainer.limit_train_batches=2"])
-    messages = [r.getMessage() for r in caplog.records if "does nothing" in r.getMessage()]
-    assert len(messages) == 2  # one per callback, not one per epoch
+    """The analysis is on by default; a model without a router skips it with one line, no error."""
+    with caplog.at_level(logging.INFO, logger="stm3_lightning"):
+        run_dir = train_tiny(tmp_path, [*model_args, *tiny_data_args, "trainer.limit_train_batches=2"])
+    messages = [r.getMessage() for r in caplog.records if "analysis" in r.getMessage().lower()]
+    assert messages == [f"Routing and disentanglement analysis skipped: {model_args[0][6:]} has no router."]
     columns = set().union(*read_metrics(run_dir))
     assert "val/loss" in columns and not any(c.startswith(("routing/", "disent/")) for c in columns)
     assert not (run_dir / "plots").exists()

@@ -128,7 +128,9 @@ def test_invalid_sensitivity_settings_are_rejected(samples: int, sigma: float, t
 # ------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_offline_wandb_run_holds_routing_scalars_and_images(
-    wandb_run: Path, wandb_history: list[dict[str, object]]
+    wandb_run: Path,
+    wandb_history: list[dict[str, object]],
+    read_metrics: Callable[[Path], list[dict[str, float]]],
 ) -> None:
     logged = [row for row in wandb_history if "routing/layer0/load_entropy" in row]
     assert len(logged) == 2  # epochs 0 and 1; never in the sanity check
@@ -146,7 +148,13 @@ def test_offline_wandb_run_holds_routing_scalars_and_images(
             assert len(paths) == (1 if name == "change" else 2)
             files = wandb_run.glob(f"wandb/offline-run-*/files/{paths[-1]}")
             assert next(files).stat().st_size > 1000
-    assert not (wandb_run / "plots").exists()  # with W&B attached the figures go to W&B only
+    # With W&B attached the figures go to W&B *and* to the run folder, the scalars to W&B *and* metrics.csv.
+    for i in range(2):
+        assert {p.name for p in (wandb_run / "plots" / "routing" / f"layer{i}").glob("*.png")} >= {
+            f"{name}_epoch00{e}.png" for name in FIGURES for e in range(2)
+        }
+    csv_rows = read_metrics(wandb_run)
+    assert [row["epoch"] for row in csv_rows if "routing/layer0/load_entropy" in row] == [0.0, 1.0]
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_bad_choices_fail_clearly(arg: str, pattern: str) -> None:
         ("data.nan_policy", "fail, mask"),
         ("metrics.protocol", "official, masked"),
         ("logger.wandb.mode", "online, offline, disabled"),
-        ("callbacks.progress_bar", "rich, tqdm, none"),
+        ("callbacks.progress_bar", "auto, rich, tqdm, plain, none"),
     ],
 )
 def test_string_choices_are_checked_by_the_schema(key: str, allowed: str) -> None:
@@ -88,6 +88,29 @@ def test_string_choices_are_checked_by_the_schema(key: str, allowed: str) -> Non
     first = allowed.split(", ")[0]
     value = OmegaConf.select(compose([f"{key}={first}"]), key)
     assert value == first and f"{value}" == first
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("reproduce/pems8", "reproduce/pems08"),
+        ("no_agcn", "ablations/no_agccn"),  # spelling of the last path part
+        ("hidden", "ablations/hidden_router"),  # a part of the name
+        ("reproduce/PEMS08", "reproduce/pems08"),
+    ],
+)
+def test_unknown_experiment_suggests_closest_names(name: str, suggested: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"Unknown experiment '{name}'; available: .*\. Did you mean [^?]*{suggested}"
+    ):
+        compose([f"experiment={name}"])
+
+
+@pytest.mark.parametrize("arg", ["data.horizon=-3", "data.input_len=0"])
+def test_non_positive_window_lengths_echo_the_values(arg: str) -> None:
+    key, value = arg.split("=")
+    with pytest.raises(ConfigError, match=rf"must be positive integers, got .*{key}={value}\b"):
+        compose([arg])
 
 
 def test_compose_saved_roundtrip(tmp_path) -> None:

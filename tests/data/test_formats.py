@@ -378,6 +378,11 @@ def test_to_series_layouts_and_channels() -> None:
         (np.zeros((5, 4)), {"channel": 1}, "single channel"),
         (np.zeros(5), {}, "rank 1"),
         (np.zeros((2, 2, 2, 2)), {}, "rank 4"),
+        (
+            np.zeros((5, 4)),
+            {"ranks": (3,)},
+            r"rank-2 array of shape \(5, 4\) but this file is published as \[T, N, C\]",
+        ),
         (np.array([["a"]]), {}, "not numbers"),
         (np.zeros((5, 4)), {"layout": "SDN"}, "slot of day, day, node"),
         (np.zeros((5, 4, 3)), {"layout": "SDN", "steps_per_day": 288}, "5 slots per day"),

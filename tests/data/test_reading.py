@@ -41,6 +41,25 @@ def test_wrong_node_count(tmp_path: Path) -> None:
         load_series("pems04", tmp_path, download=False)
 
 
+@pytest.mark.parametrize(
+    ("name", "relpath", "nodes"),
+    [
+        ("pems08", "PEMS08/PEMS08.npz", 170),
+        ("pems08", "PEMS08/PEMS08_flow.npz", 170),
+        ("milan_sms", "Milan/milan.npz", 300),
+    ],
+)
+def test_two_dimensional_array_where_published_file_is_three_dimensional(
+    tmp_path: Path, name: str, relpath: str, nodes: int
+) -> None:
+    """The README's contract: a file of the wrong rank is refused (these files are released as [T, N, C])."""
+    place_npz(tmp_path, relpath, np.zeros((10, nodes)))
+    with pytest.raises(
+        FormatError, match=r"rank-2 array of shape \(10, \d+\) but this file is published as \[T, N, C\]"
+    ):
+        load_series(name, tmp_path, download=False)
+
+
 def test_channel_out_of_range(tmp_path: Path) -> None:
     place_npz(tmp_path, "Milan/milan.npz", np.zeros((10, 300, 3)))
     with pytest.raises(FormatError, match="3 channels, so channel 5 does not exist"):

@@ -105,7 +105,8 @@ def test_parse_request_defaults_subsets_and_pass_through() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ablation=no_agcn"], "Unknown ablation(s) no_agcn"),
+        (["ablation=no_agcn"], "Unknown ablation(s) no_agcn; choose from full, "),
+        (["ablation=no_agcn,hidden"], "Did you mean no_agccn, hidden_router?"),
         (["experiment=reproduce/pems08"], "stm3 ablations sets experiment itself"),
         (["seeds=a,b"], "is not a list of integers"),
         (["oops"], "not of the form key=value"),

@@ -45,6 +45,20 @@ def test_logged_test_mae_equals_recomputed_from_predictions(tmp_path: Path) -> N
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
+def test_test_metrics_say_how_many_windows_were_scored(tmp_path: Path) -> None:
+    """``trainer.limit_test_batches`` cuts the test set: the file names the windows really scored."""
+    cfg = compose(
+        ["model=persistence", *TINY, "data.eval_batch_size=16", "trainer.limit_test_batches=2"]
+        + [f"paths.output_dir={tmp_path / 'cut'}"]
+    )
+    train(cfg)
+    cut = json.loads((tmp_path / "cut" / "test_metrics.json").read_text())
+    assert cut["scored_windows"] == 32 and cut["windows"]["test"] == 105
+    train(compose(["model=persistence", *TINY, f"paths.output_dir={tmp_path / 'full'}"]))
+    full = json.loads((tmp_path / "full" / "test_metrics.json").read_text())
+    assert full["scored_windows"] == full["windows"]["test"] == 105
+
+
 def test_parameter_free_baseline_skips_fit(tmp_path: Path) -> None:
     results = train(compose(["model=persistence", *TINY, f"paths.output_dir={tmp_path}"]))
     assert results["overall"]["mae"] > 0

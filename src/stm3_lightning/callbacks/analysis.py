@@ -12,7 +12,9 @@ the batch (``all_experts``) and implements :meth:`FixedBatchAnalysisCallback.mea
   the callback;
 - logs the scalars through ``pl_module.log`` (so every configured logger gets them) and the figures through
   :func:`stm3_lightning.callbacks.figure_sink.log_figures`;
-- switches itself off, with one info message, for models without routing diagnostics (STM2, baselines).
+- switches itself off, with one info message, for models without routing diagnostics (a safety net:
+  :func:`stm3_lightning.run.builders.build_analysis_callbacks` only adds the callbacks for models that route, see
+  :func:`has_routing`).
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ def layer_keys(metrics: Mapping[str, float], layer: int) -> dict[str, float]:
     return out
 
 
+def has_routing(model: nn.Module) -> bool:
+    """Whether ``model`` is one the analysis callbacks measure: it routes (``has_router``) and offers
+    ``routing_diagnostics`` (STM3, not STM2 or the baselines)."""
+    return bool(getattr(model, "has_router", False)) and callable(getattr(model, "routing_diagnostics", None))
+
+
 class FixedBatchAnalysisCallback(Callback, ABC):
     """Analyse a fixed validation batch every ``cfg.every_n_epochs`` epochs (see the module docstring)."""
 
@@ -137,7 +145,7 @@ class FixedBatchAnalysisCallback(Callback, ABC):
         self.run_dir = Path(run_dir)
         self.active = True
         self._batch: Tensor | None = None
-        self._last_epoch = -1
+        self._last_evaluation: tuple[int, int] = (-1, -1)  # (epoch, global step) of the last evaluation
 
     @abstractmethod
     def measure(
@@ -155,12 +163,14 @@ class FixedBatchAnalysisCallback(Callback, ABC):
             return model.routing_diagnostics(x, all_experts=self.all_experts)
 
     def _due(self, trainer: L.Trainer) -> bool:
+        """At every validation (also several per epoch with ``trainer.val_check_interval``) of the epochs
+        ``0, n, 2n, ...``, never in the sanity check."""
         epoch = trainer.current_epoch
         return (
             self.active
             and not trainer.sanity_checking
             and epoch % self.cfg.every_n_epochs == 0
-            and epoch != self._last_epoch
+            and (epoch, trainer.global_step) != self._last_evaluation
         )
 
     def _deactivate(self, model: nn.Module, why: str) -> None:
@@ -182,7 +192,7 @@ class FixedBatchAnalysisCallback(Callback, ABC):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
-        self._last_epoch = trainer.current_epoch
+        self._last_evaluation = (trainer.current_epoch, trainer.global_step)
         if not trainer.is_global_zero:
             return
         model = getattr(pl_module, "model", pl_module)

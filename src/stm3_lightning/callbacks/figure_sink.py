@@ -1,4 +1,4 @@
-"""Where analysis figures go: ``wandb.Image`` on every active W&B logger, otherwise PNGs under ``<run_dir>/plots``."""
+"""Where analysis figures go: PNGs under ``<run_dir>/plots`` always, and ``wandb.Image`` on every active W&B logger."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
-from stm3_lightning.plots import figure_image, save_figure
+from stm3_lightning.plots import save_figure
 
 PLOTS_DIR = "plots"
 
@@ -43,19 +43,16 @@ def active_wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
 
 
 def log_figures(trainer: L.Trainer, run_dir: Path, figures: Sequence[NamedFigure], epoch: int) -> None:
-    """Send ``figures`` of the evaluation at ``epoch`` to W&B (step = global step), or write them as PNGs.
-
-    Only the global-zero process writes. Without an active W&B logger the PNGs go to ``<run_dir>/plots/<key>...``.
-    """
+    """Write ``figures`` of the evaluation at ``epoch`` as PNGs under ``<run_dir>/plots/<key>...`` and send them to
+    every active W&B logger (step = global step). Only the global-zero process writes."""
     if not figures or not trainer.is_global_zero:
         return
+    pngs = {item.key: save_figure(item.figure, item.png_path(run_dir / PLOTS_DIR, epoch)) for item in figures}
     wandb_loggers = active_wandb_loggers(trainer)
     if not wandb_loggers:
-        for item in figures:
-            save_figure(item.figure, item.png_path(run_dir / PLOTS_DIR, epoch))
         return
     import wandb
 
-    images = {item.key: wandb.Image(figure_image(item.figure), caption=f"epoch {epoch}") for item in figures}
+    logged = {key: wandb.Image(str(png), caption=f"epoch {epoch}") for key, png in pngs.items()}
     for lg in wandb_loggers:
-        lg.log_metrics(images, step=trainer.global_step)
+        lg.log_metrics(logged, step=trainer.global_step)

@@ -29,10 +29,20 @@ class RngState(Callback):
     The data order is handled by :mod:`stm3_lightning.data.resumable`; this covers random layers, so a resumed
     run draws the same dropout masks and noise as an uninterrupted one. The state is applied at
     ``on_train_start``, i.e. after the sanity check and right before the first resumed batch.
+
+    Multi-process runs: Lightning's DDP set-up re-seeds every process (``reset_seed``) after the model was built,
+    which a single process never does. The state of the moment this callback is created (after the model's
+    initialisation) is put back in ``setup`` when there is more than one process, so DDP draws the same numbers
+    as one process would (:mod:`stm3_lightning.models.global_batch`).
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._launch = capture_rng()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            restore_rng(self._launch)
 
     def state_dict(self) -> dict[str, Any]:
         return capture_rng()

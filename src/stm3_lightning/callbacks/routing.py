@@ -158,11 +158,13 @@ class RoutingSmoothnessCallback(FixedBatchAnalysisCallback):
             "prev": self._prev,
             "history": self._history,
             "history_epochs": self._history_epochs,
-            "last_epoch": self._last_epoch,
+            "last_evaluation": list(self._last_evaluation),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._prev = list(state_dict["prev"])
         self._history = list(state_dict["history"])
         self._history_epochs = list(state_dict["history_epochs"])
-        self._last_epoch = int(state_dict["last_epoch"])
+        # Checkpoints written before evaluations were keyed by step hold only the epoch.
+        last = state_dict.get("last_evaluation", [state_dict.get("last_epoch", -1), -1])
+        self._last_evaluation = (int(last[0]), int(last[1]))

@@ -66,8 +66,21 @@ def experiment_options() -> list[str]:
     return names
 
 
+def closest_names(name: str, options: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` options close to ``name``: by spelling of the whole name, of its last path part (``no_agcn``
+    finds ``ablations/no_agccn``) and by containing it (``hidden`` finds ``ablations/hidden_router``)."""
+    by_tail: dict[str, list[str]] = {}
+    for option in options:
+        by_tail.setdefault(option.rsplit("/", 1)[-1], []).append(option)
+    tail = name.rsplit("/", 1)[-1]
+    close = difflib.get_close_matches(name, options, n=n, cutoff=0.5)
+    close += [o for t in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.6) for o in by_tail[t]]
+    close += [o for o in options if tail and tail.lower() in o.lower()]
+    return list(dict.fromkeys(close))[:n]
+
+
 def _unknown(kind: str, name: str, options: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    close = closest_names(name, options)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"Unknown {kind} '{name}'; available: {', '.join(options) or 'none'}.{hint}")
 
@@ -228,9 +241,17 @@ def compose(args: list[str] | None = None) -> DictConfig:
 def validate_values(cfg: DictConfig) -> None:
     """Check value domains that types alone cannot express (string choices are Enums the schema checks);
     raise ``ConfigError`` naming the key."""
+    log_model = OmegaConf.select(cfg, "logger.wandb.log_model")
+    if log_model not in (False, True, "all"):
+        raise ConfigError(
+            f"Invalid value '{log_model}' for 'logger.wandb.log_model'; choose one of false, true, all."
+        )
     data = cfg.data
     if data.input_len < 1 or data.horizon < 1:
-        raise ConfigError("data.input_len and data.horizon must be positive integers.")
+        raise ConfigError(
+            f"data.input_len and data.horizon must be positive integers, got data.input_len={data.input_len} and "
+            f"data.horizon={data.horizon}."
+        )
     ratios = list(data.split.ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ConfigError(

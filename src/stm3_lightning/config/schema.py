@@ -55,8 +55,10 @@ class WandbMode(Choice):
 
 
 class ProgressBar(Choice):
+    auto = "auto"
     rich = "rich"
     tqdm = "tqdm"
+    plain = "plain"
     none = "none"
 
 
@@ -194,9 +196,15 @@ class WandbConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "stm3-lightning"
     entity: str = ""
+    # Empty name/group/job_type: derived from the run (see ``stm3_lightning.run.loggers.run_identity``):
+    # group <data>-<model>[-<experiment>][-<variant>], name <group>-seed<seed>, job_type = task.
     group: str = ""
     name: str = ""
+    job_type: str = ""
+    # Extra tags; data, model, experiment, variant switches and seed<k> are always added (and ``tags``).
     tags: list[str] = field(default_factory=list)
+    # Checkpoints as W&B artifacts (Lightning's WandbLogger log_model): false, true (at the end) or all.
+    log_model: Any = False
     # Seconds to wait for the W&B service before continuing offline.
     init_timeout: float = 30.0
 
@@ -227,9 +235,12 @@ class CheckpointConfig:
 
 @dataclass
 class AnalysisCallbackConfig:
-    """Routing / disentanglement instrumentation (callbacks/routing.py, callbacks/disentanglement.py)."""
+    """Routing / disentanglement instrumentation (callbacks/routing.py, callbacks/disentanglement.py).
 
-    enabled: bool = False
+    On by default; only models that route (STM3) get the callbacks, others skip them with one info line.
+    """
+
+    enabled: bool = True
     every_n_epochs: int = 1
     batch_size: int = 8
     sensitivity_sigma: float = 0.01
@@ -241,7 +252,9 @@ class AnalysisCallbackConfig:
 class CallbacksConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    progress_bar: ProgressBar = ProgressBar.rich
+    # auto = rich on a terminal, plain (one line every progress_every_n_steps steps) when stdout is not one
+    progress_bar: ProgressBar = ProgressBar.auto
+    progress_every_n_steps: int = 50
     plots: bool = True
     nan_guard: bool = True
     routing: AnalysisCallbackConfig = field(default_factory=AnalysisCallbackConfig)

@@ -44,6 +44,7 @@ def _pems_spec(
         f"{tag}/{tag}.npz",
         "npz",
         key="data",
+        ranks=(3,),
         url=f"{_ASTGNN}/{tag}/{tag}.npz",
         checksum=npz_checksum,
         note="ASTGCN/STSGCN layout [T, N, C], channel 0 = flow (the STM3 release's file)",
@@ -91,6 +92,7 @@ _PEMS08_FLOW = DataFile(
     "PEMS08/PEMS08_flow.npz",
     "npz",
     key="data",
+    ranks=(3,),
     note="flow only, [T, N, 1] (built from the .mat: same numbers)",
 )
 _PEMS03_IDS = DataFile(
@@ -143,7 +145,11 @@ _add(
         4,
         307,
         16992,
-        extra=(DataFile("PeMS04/PEMS04.npz", "npz", key="data", note="the STM3 release's folder name"),),
+        extra=(
+            DataFile(
+                "PeMS04/PEMS04.npz", "npz", key="data", ranks=(3,), note="the STM3 release's folder name"
+            ),
+        ),
         npz_checksum="gitsha1:a1a39eac4b86963b1ac22874fd1cc693eb642cd2",
         edges_checksum="sha256:68ffaa80447eb34428a9999dc28363c61406ec0fd714686d0582d2386ac6f5f7",
         source=f"{_RELEASE} (folder PeMS04/); PEMS04.npz from ASTGCN/ASTGNN",
@@ -229,7 +235,11 @@ _add(
 )
 
 _MILAN = DataFile(
-    "Milan/milan.npz", "npz", key="data", note="[T, 300, C]; channel 0 sms, 1 call, 2 internet (release)"
+    "Milan/milan.npz",
+    "npz",
+    key="data",
+    ranks=(3,),
+    note="[T, 300, C]; channel 0 sms, 1 call, 2 internet (release)",
 )
 
 

@@ -335,16 +335,24 @@ def to_series(
     layout: str = "TNC",
     channel: int = 0,
     steps_per_day: int | None = None,
+    ranks: tuple[int, ...] = (2, 3),
 ) -> np.ndarray:
     """Select the target channel and return a contiguous float32 ``[T, N]`` series.
 
     array: ``[T, N]`` or ``[T, N, C]`` for layout ``TNC``; ``[S, D, N]`` (slot of day, day, node) for ``SDN``,
     flattened to ``t = day * S + slot`` (the GTC ``pems08_288_62_170.mat``); ``S`` must equal ``steps_per_day``
-    when given. ``channel`` indexes ``C`` (only 0 is valid for single-channel data). ``source`` names the file
-    in error messages.
+    when given. ``channel`` indexes ``C`` (only 0 is valid for single-channel data). ``ranks``: the ranks a
+    ``TNC`` file is published with (``(3,)`` refuses a ``[T, N]`` array where ``[T, N, C]`` is expected).
+    ``source`` names the file in error messages.
     """
     if array.dtype.kind not in "fiub":
         raise FormatError(f"{source} holds {array.dtype} values, not numbers; use the published file.")
+    if layout == "TNC" and array.ndim in (2, 3) and array.ndim not in ranks:
+        expected = " or ".join("[T, N, C]" if r == 3 else "[T, N]" for r in ranks)
+        raise FormatError(
+            f"{source} holds a rank-{array.ndim} array of shape {array.shape} but this file is published as "
+            f"{expected}; use the published file."
+        )
     if layout == "SDN":
         if array.ndim != 3:
             raise FormatError(

@@ -64,7 +64,7 @@ def prepare_files(spec: DatasetSpec, data_dir: str | Path, download: bool) -> Da
 def _read_values(spec: DatasetSpec, file: DataFile, path: Path, channel: int) -> np.ndarray:
     """Target series ``[T, N]`` float32 of ``file``, checked against the spec's node and step counts."""
     array = formats.read_array(path, file.fmt, file.key, file.last_column)
-    values = formats.to_series(array, path, file.layout, channel, spec.steps_per_day)
+    values = formats.to_series(array, path, file.layout, channel, spec.steps_per_day, file.ranks)
     if values.shape[1] != spec.num_nodes:
         raise FormatError(
             f"{path} has {values.shape[1]} nodes but {spec.title} has {spec.num_nodes}; it is not the "

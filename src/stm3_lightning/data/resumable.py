@@ -36,17 +36,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class EpochShuffleSampler(Sampler[int]):
     """This rank's window indices for one epoch: a permutation fixed by ``(seed, epoch)``.
 
-    Under DDP the permutation is padded (by repeating its head) to a multiple of ``num_replicas`` and rank ``r``
-    takes every ``num_replicas``-th index from ``r``, as ``DistributedSampler`` does. ``start`` indices of the
-    epoch are skipped once (set by :meth:`ResumableDataLoader.load_state_dict` when resuming mid-epoch);
-    :meth:`set_epoch` with a new epoch clears it.
+    Under DDP rank ``r`` takes every ``num_replicas``-th index from ``r``, as ``DistributedSampler`` does, so the
+    ``k``-th local batches of all ranks together are the ``k``-th batch one process would draw (sample ``j`` of
+    it on rank ``j % num_replicas``; see :mod:`stm3_lightning.models.global_batch`). The permutation is
+    truncated to a multiple of ``num_replicas`` with ``drop_last`` (the dropped tail is never in a full batch),
+    else padded by repeating its head. ``start`` indices of the epoch are skipped once (set by
+    :meth:`ResumableDataLoader.load_state_dict` when resuming mid-epoch); :meth:`set_epoch` with a new epoch
+    clears it.
     """
 
-    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self, size: int, seed: int, num_replicas: int = 1, rank: int = 0, drop_last: bool = False
+    ) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas}).")
         self.size, self.seed, self.num_replicas, self.rank = size, seed, num_replicas, rank
-        self.num_samples = math.ceil(size / num_replicas)
+        self.num_samples = size // num_replicas if drop_last else math.ceil(size / num_replicas)
         self.epoch = 0
         self.start = 0
 
@@ -114,7 +119,7 @@ def resumable_copy(
     """``loader``'s dataset, batch size, workers and collation with an epoch-seeded, resumable order."""
     return ResumableDataLoader(
         loader.dataset,
-        EpochShuffleSampler(len(loader.dataset), seed, num_replicas, rank),  # type: ignore[arg-type]
+        EpochShuffleSampler(len(loader.dataset), seed, num_replicas, rank, loader.drop_last),  # type: ignore[arg-type]
         batch_size=loader.batch_size,  # type: ignore[arg-type]
         drop_last=loader.drop_last,
         num_workers=loader.num_workers,

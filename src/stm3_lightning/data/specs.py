@@ -23,6 +23,8 @@ class DataFile:
     fmt: a :data:`formats.ARRAY_FORMATS` entry for series files, :data:`graph_formats.ADJACENCY_FORMATS` for graphs.
     key: array name (npz), variable (mat, ``None`` = the only one) or DataFrame name (hdf, ``None`` = the only one).
     layout: ``TNC`` (``[T, N]`` or ``[T, N, C]``) or ``SDN`` (``[slot of day, day, node]``).
+    ranks: the array ranks the published file has (``(3,)`` for files released as ``[T, N, C]``, which a
+    ``[T, N]`` array cannot be); other ranks are refused.
     last_column: CSV column moved to the end (Electricity ``OT``).
     ids: for edge lists with sensor ids, the file listing the ids in node order.
     url, checksum: a pinned download (``sha256:<hex>`` or ``gitsha1:<hex>``); both or neither.
@@ -33,6 +35,7 @@ class DataFile:
     fmt: str
     key: str | None = None
     layout: str = "TNC"
+    ranks: tuple[int, ...] = (2, 3)
     last_column: str | None = None
     ids: DataFile | None = None
     url: str | None = None

@@ -7,10 +7,12 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
 
 from stm3_lightning.config.schema import MetricsConfig, OptimConfig
 from stm3_lightning.metrics.forecasting import ForecastMetrics, valid_mask
+from stm3_lightning.models.global_batch import GlobalBatch, use_global_batch
 
 # Epoch-level metrics come from torchmetrics states already summed over processes, so Lightning's advice to
 # pass sync_dist=True (which would average identical values again) does not apply.
@@ -24,9 +26,14 @@ class Forecaster(L.LightningModule):
       prediction is inverse-scaled), z-scored units otherwise. Under ``metrics.protocol=masked`` missing
       entries (``null_val``) are excluded from the loss too.
     - Auxiliary losses returned by the model are added to the training objective and logged one by one
-      (``train/aux/<name>``); ``train/loss`` is the prediction loss alone, as the release logs it.
+      (``train/aux/<name>``); ``train/loss`` is the prediction loss alone, as the release logs it, per step, and
+      ``train/loss_epoch`` its mean over the epoch.
     - ``val/loss`` (early stopping, checkpoint selection) is the validation MAE; test metrics are never used
       for selection.
+
+    - Under DDP every step runs inside :func:`~stm3_lightning.models.global_batch.use_global_batch`, which tells
+      the model where its samples sit in the global batch, so batch-coupled losses and random draws are those of
+      one process running the global batch.
 
     Shapes: ``x: [B, L, N, C]``, ``y: [B, H, N, 1]`` in original units; ``mean, std: [N]`` (replaced in
     :meth:`setup` by the datamodule's scaler when the module runs in a Trainer with a datamodule).
@@ -106,29 +113,56 @@ class Forecaster(L.LightningModule):
             return err.sum() / mask.sum().clamp_min(1)
         return (pred - target).abs().mean()
 
+    # ------------------------------------------------------------------------------------- global batch
+    def global_batch(self, local_size: int, batch_idx: int, stage: str) -> GlobalBatch | None:
+        """The global batch this step's ``local_size`` samples belong to under DDP (``None`` for one process).
+
+        Training: every process holds ``local_size`` samples of a global batch of ``world * local_size``, dealt
+        strided by the training sampler. Evaluation: global batch ``batch_idx`` of the strided
+        ``UnrepeatedDistributedSampler`` (``None`` for any other sampler, whose layout is unknown).
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        world, rank = trainer.world_size, trainer.global_rank
+        if stage == "train":
+            return GlobalBatch(world * local_size, world, rank, collective=True)
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        if not isinstance(getattr(loader, "sampler", None), UnrepeatedDistributedSampler):
+            return None
+        step = world * loader.batch_size
+        return GlobalBatch(min(step, len(loader.dataset) - batch_idx * step), world, rank, collective=False)
+
     # ------------------------------------------------------------------------------------------- training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        pred, aux = self.predict_units(x)
+        with use_global_batch(self.global_batch(x.shape[0], batch_idx, "train")):
+            pred, aux = self.predict_units(x)
         loss = self.prediction_loss(pred, self.target_units(y))
         total = loss + sum(aux.values()) if aux else loss
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # The epoch mean too (over all processes): Lightning's own ``_epoch`` suffix, ``train/loss`` unchanged.
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         for name, value in aux.items():
             self.log(f"train/aux/{name}", value, batch_size=bs)
         if aux:
             self.log("train/total_loss", total, batch_size=bs)
         return total
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: ForecastMetrics) -> torch.Tensor:
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str, metrics: ForecastMetrics
+    ) -> torch.Tensor:
         x, y = batch
-        pred = self(x)
+        with use_global_batch(self.global_batch(x.shape[0], batch_idx, stage)):
+            pred = self(x)
         target = self.target_units(y)
         metrics.update(pred, target)
         return pred
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
+        self._eval_step(batch, batch_idx, "val", self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -140,7 +174,7 @@ class Forecaster(L.LightningModule):
         self.test_outputs = []
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        pred = self._eval_step(batch, self.test_metrics)
+        pred = self._eval_step(batch, batch_idx, "test", self.test_metrics)
         if self.metrics_cfg.save_predictions:
             target = self.target_units(batch[1])
             self.test_outputs.append((pred.detach().cpu().numpy(), target.detach().cpu().numpy()))
@@ -148,6 +182,7 @@ class Forecaster(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
         per_step = self.test_metrics.per_step()
+        scored = self.test_metrics.scored_windows()
         self.log_dict({f"test/{k}": v for k, v in values.items()}, sync_dist=False)
         self.test_results = {
             "protocol": self.metrics_cfg.protocol,
@@ -155,6 +190,7 @@ class Forecaster(L.LightningModule):
             "overall": {k: values[k] for k in ("mae", "rmse", "mape", "wape")},
             "horizons": {k: v for k, v in values.items() if "@" in k},
             "per_step": per_step,
+            "scored_windows": scored,
         }
         self.test_metrics.reset()
 

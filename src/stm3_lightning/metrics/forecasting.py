@@ -3,9 +3,11 @@
 Protocols (``metrics.protocol``):
 
 - ``official`` (STM3 / AGCRN ``All_Metrics``): MAE and RMSE over every entry (zeros included); MAPE over entries
-  with truth > 0 as ``|y - ŷ| / (y + eps)``; WAPE ``Σ|y - ŷ| / Σ|y|`` over every entry.
+  with truth > 0 as ``|y - ŷ| / (y + eps)`` with ``eps = metrics.mape_eps``, default ``1e-3`` (the release's
+  ``lib/metrics.py`` adds 1e-3 to the truth; it barely matters since truths are > 0, but it is kept so that
+  MAPE is the release's number); WAPE ``Σ|y - ŷ| / Σ|y|`` over every entry.
 - ``masked`` (BasicTS / DCRNN): entries whose truth equals ``null_val`` (NaN when ``null_val`` is NaN) are
-  excluded from every metric; MAPE additionally skips zero truths.
+  excluded from every metric; MAPE additionally skips zero truths and divides by ``|y|`` (no epsilon).
 
 Every value is a ratio of global sums, so RMSE is ``sqrt`` of the global mean squared error (not a mean of
 per-batch RMSEs) and the result is identical however the windows are batched or sharded across processes.
@@ -56,6 +58,8 @@ class ForecastMetrics(Metric):
         self.horizons = [h for h in horizons if 1 <= h <= horizon]
         for name in ("abs_err", "sq_err", "count", "ape", "ape_count", "abs_true"):
             self.add_state(name, default=torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
+        # Windows scored so far (all processes): fewer than the split holds when limit_*_batches cuts it.
+        self.add_state("windows", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """``pred, target: [B, H, N, C]`` in the same units."""
@@ -81,6 +85,7 @@ class ForecastMetrics(Metric):
         ape = torch.where(mape_mask, (pred - target).abs() / torch.where(mape_mask, denom, 1.0), 0.0)
         self.ape = self.ape + ape.sum(dims)
         self.ape_count = self.ape_count + mape_mask.sum(dims)
+        self.windows = self.windows + pred.shape[0]
 
     @staticmethod
     def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -100,6 +105,11 @@ class ForecastMetrics(Metric):
         for h in self.horizons:
             out.update({f"{k}@{h}": v for k, v in self._values(h - 1).items()})
         return out
+
+    def scored_windows(self) -> int:
+        """How many windows were scored, summed over processes."""
+        with self.sync_context():
+            return int(self.windows)
 
     def per_step(self) -> dict[str, list[float]]:
         """Every metric at each step ``1..H``: ``{"mae": [H values], ...}``."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stm3_lightning.config.compose import ConfigError, project_root
+from stm3_lightning.config.compose import ConfigError, closest_names, project_root
 from stm3_lightning.models.registry import model_schema
 
 BASELINE = "full"
@@ -89,13 +89,22 @@ def _description(path: Path) -> str:
     return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else path.stem
 
 
+def unknown_ablations(names: list[str]) -> ConfigError:
+    """The error for ablation names that do not exist, with the closest existing names."""
+    close = [c for name in names for c in closest_names(name, grid_names())]
+    hint = f" Did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+    return ConfigError(
+        f"Unknown ablation(s) {', '.join(names)}; choose from {', '.join(grid_names())}.{hint}"
+    )
+
+
 def load_ablation(name: str) -> Ablation:
     """Read ``experiments/ablations/<name>.yaml`` (``full`` is the empty override)."""
     if name == BASELINE:
         return Ablation(BASELINE, "the paper config, unmodified", {}, [])
     path = ablations_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"Unknown ablation '{name}'; choose from {', '.join(grid_names())}.")
+        raise unknown_ablations([name])
     body = OmegaConf.load(path)
     choices = {str(k): str(v) for k, v in (body.pop("defaults", None) or {}).items()}
     return Ablation(name, _description(path), choices, flatten(body))
@@ -205,7 +214,7 @@ def parse_request(args: Sequence[str]) -> GridRequest:
     names = [n for n in own.get("ablation", "").split(",") if n] or grid_names()
     unknown = [n for n in names if n not in grid_names()]
     if unknown:
-        raise ConfigError(f"Unknown ablation(s) {', '.join(unknown)}; choose from {', '.join(grid_names())}.")
+        raise unknown_ablations(unknown)
     seeds = parse_seeds(own["seed"]) if "seed" in own else list(DEFAULT_SEEDS)
     if "seeds" in own:
         seeds = parse_seeds(own["seeds"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
+from typing import TextIO
 
 import lightning as L
 import torch
@@ -15,9 +18,12 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from stm3_lightning.callbacks.analysis import has_routing
 from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
+from stm3_lightning.callbacks.plain_progress import PlainProgress
 from stm3_lightning.callbacks.rng_state import RngState
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.data.resumable import ResumableDataModule
@@ -25,6 +31,8 @@ from stm3_lightning.lit.forecaster import Forecaster
 from stm3_lightning.models.registry import build_model
 from stm3_lightning.run.checkpoints import CheckpointMetadata, run_metadata
 from stm3_lightning.types import DataInfo
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> SpatioTemporalDataModule:
@@ -88,28 +96,50 @@ def build_resilience_callbacks(cfg: DictConfig, dm: SpatioTemporalDataModule) ->
     return out
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule) -> list[Callback]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, dm: SpatioTemporalDataModule, model: nn.Module | None = None
+) -> list[Callback]:
+    """Every callback of a run; ``model`` (the network) decides whether the analysis callbacks apply."""
     cb = cfg.callbacks
     out = build_checkpoint_callbacks(cfg, run_dir) + build_resilience_callbacks(cfg, dm)
     if cb.early_stopping.enabled:
         es = cb.early_stopping
         out.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode))
-    if cb.progress_bar == "rich":
-        out.append(RichProgressBar())
-    elif cb.progress_bar == "tqdm":
-        out.append(TQDMProgressBar())
-    out += build_analysis_callbacks(cfg, run_dir)
+    bar = progress_bar(cb.progress_bar, cb.progress_every_n_steps)
+    if bar is not None:
+        out.append(bar)
+    if model is not None:
+        out += build_analysis_callbacks(cfg, run_dir, model)
     return out
 
 
-def build_analysis_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
-    """Routing-smoothness / disentanglement instrumentation and the per-epoch test curve, when enabled."""
+def progress_bar(kind: str, every_n_steps: int, stdout: TextIO | None = None) -> Callback | None:
+    """The progress bar ``callbacks.progress_bar`` names; ``auto``: rich on a terminal, else one plain line every
+    ``every_n_steps`` steps (logs, pipes, CI). ``None`` for ``none``."""
+    if kind == "auto":
+        kind = "rich" if (stdout or sys.stdout).isatty() else "plain"
+    if kind == "rich":
+        return RichProgressBar()
+    if kind == "tqdm":
+        return TQDMProgressBar()
+    if kind == "plain":
+        return PlainProgress(every_n_steps)
+    return None
+
+
+def build_analysis_callbacks(cfg: DictConfig, run_dir: Path, model: nn.Module) -> list[Callback]:
+    """The per-epoch test curve and the routing-smoothness / disentanglement instrumentation, when enabled and
+    ``model`` routes (one info line says so when it does not)."""
     out: list[Callback] = []
     if cfg.callbacks.test_every_epoch:
         from stm3_lightning.callbacks.test_curve import TestCurve
         from stm3_lightning.run.seeded_eval import eval_seed
 
         out.append(TestCurve(eval_seed(cfg), cfg.trainer.limit_test_batches))
+    wanted = cfg.callbacks.routing.enabled or cfg.callbacks.disentanglement.enabled
+    if wanted and not has_routing(model):
+        log.info("Routing and disentanglement analysis skipped: %s has no router.", cfg.model.name)
+        return out
     if cfg.callbacks.routing.enabled:
         from stm3_lightning.callbacks.routing import RoutingSmoothnessCallback
 

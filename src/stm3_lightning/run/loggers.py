@@ -3,8 +3,14 @@
 W&B never blocks or breaks a run: ``online`` falls back to ``offline`` when no credentials exist, when the W&B
 server (``WANDB_BASE_URL``, through ``HTTPS_PROXY`` when set) does not answer an HTTP request within a few
 seconds (no network, firewalled cluster node), or when ``wandb.init`` fails (bad API key, server error);
-``disabled`` writes nothing. A resumed run appends to its ``metrics.csv`` and continues the W&B run whose id
-the run folder stores (``wandb_run_id``).
+``disabled`` writes nothing, and without the ``wandb`` package the run logs to CSV only (one info line). A
+resumed run appends to its ``metrics.csv`` and continues the W&B run whose id the run folder stores
+(``wandb_run_id``).
+
+A W&B run is named from the run (:func:`run_identity`: group ``<data>-<model>[-<experiment>][-<variant>]``,
+name ``<group>-seed<k>``, tags, ``job_type`` = the task), keeps the best ``val/loss`` as its summary (online and
+offline), optionally uploads checkpoints (``logger.wandb.log_model``) and gets ``test_metrics.json`` and the
+horizon plot attached (:func:`attach_results`).
 """
 
 from __future__ import annotations
@@ -14,17 +20,21 @@ import logging
 import netrc
 import os
 import secrets
+import shutil
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stm3_lightning.config.schema import WandbConfig
+from stm3_lightning.models.registry import model_schema
 from stm3_lightning.run.results import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -98,23 +108,88 @@ def _store_run_id(run_dir: Path, run_id: str) -> None:
     atomic_write_text(run_dir / WANDB_ID_FILE, run_id + "\n")
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """How a run appears in W&B."""
+
+    name: str
+    group: str
+    job_type: str
+    tags: list[str]
+
+
+def model_variant(model_cfg: DictConfig) -> list[str]:
+    """``key=value`` for each of the model's switches (its schema's ``VARIANT_KEYS``) that differs from the
+    faithful default, e.g. ``["contrastive=repaired"]``; empty for the faithful model and for the baselines."""
+    schema = model_schema(str(model_cfg.name))
+    keys = getattr(schema, "VARIANT_KEYS", ())
+    defaults = OmegaConf.structured(schema)
+    out = []
+    for key in keys:
+        value, default = OmegaConf.select(model_cfg, key), OmegaConf.select(defaults, key)
+        if isinstance(value, ListConfig):
+            value, default = list(value), list(default)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower()
+            out.append(f"{key}={shown}")
+    return out
+
+
+def run_identity(cfg: DictConfig) -> RunIdentity:
+    """The W&B name, group, job type and tags of a run; ``logger.wandb.{name,group,job_type}`` override them.
+
+    group: ``<data>-<model>[-<experiment>][-<variant>]`` (the runs compared across seeds, e.g.
+    ``pems08-stm3-reproduce-pems08-contrastive=repaired``); name: ``<group>-seed<seed>``; job_type: ``task``;
+    tags: data, model, experiment, each variant switch and ``seed<seed>``, then ``tags`` and ``logger.wandb.tags``.
+    """
+    wcfg = cfg.logger.wandb
+    experiment = str(cfg.choices.get("experiment", "") or "")
+    variant = model_variant(cfg.model)
+    parts = [str(cfg.data.name), str(cfg.model.name), experiment.replace("/", "-"), "+".join(variant)]
+    group = wcfg.group or "-".join(p for p in parts if p)
+    tags = [str(cfg.data.name), str(cfg.model.name), *([experiment] if experiment else []), *variant]
+    tags += [f"seed{cfg.seed}", *cfg.tags, *wcfg.tags]
+    return RunIdentity(
+        name=wcfg.name or f"{group}-seed{cfg.seed}",
+        group=group,
+        job_type=wcfg.job_type or str(cfg.task),
+        tags=list(dict.fromkeys(tags)),  # W&B tags are at most 64 characters
+    )
+
+
 def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str) -> Logger:
     import wandb
-    from lightning.pytorch.loggers import WandbLogger
 
     wcfg = cfg.logger.wandb
-    return WandbLogger(
+    identity = run_identity(cfg)
+    logger = WandbLogger(
         project=wcfg.project,
         entity=wcfg.entity or None,
-        group=wcfg.group or None,
-        name=wcfg.name or run_dir.name,
+        group=identity.group,
+        name=identity.name,
+        job_type=identity.job_type,
         id=run_id,
-        tags=list(wcfg.tags) + list(cfg.tags),
+        tags=[tag[:64] for tag in identity.tags],
         save_dir=str(run_dir),
-        offline=mode == "offline",
+        # Lightning refuses log_model with offline=True, but wandb logs artifacts offline too (`wandb sync` uploads
+        # them): the mode then comes from the settings alone.
+        offline=mode == "offline" and not wcfg.log_model,
+        log_model=wcfg.log_model,
         config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         settings=wandb.Settings(mode=mode, init_timeout=wcfg.init_timeout, silent=True),
     )
+    # Lightning always passes ``anonymous`` to wandb.init, which then warns that the setting has no effect.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
+
+
+def wandb_available() -> bool:
+    """Whether the ``wandb`` package can be imported (GPU boxes may lack it)."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logger | None:
@@ -126,25 +201,24 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
     mode = resolve_wandb_mode(cfg.logger.wandb)
     if mode == "disabled":
         return None
-    try:
-        import wandb
-    except ImportError:
-        log.warning(
-            "W&B: the wandb package is not installed; logging to CSV only (`pip install wandb` for W&B)."
+    if not wandb_available():
+        log.info(
+            "W&B: the wandb package is not installed; logging to CSV only (pip install wandb to add W&B)."
         )
         return None
     run_id = wandb_run_id(run_dir, resuming)
     _store_run_id(run_dir, run_id)
+    import wandb
 
     if wandb.run is not None:
         # WandbLogger would attach to a run left open by an earlier run in this process and write there.
         wandb.finish()
     logger = _wandb_logger(cfg, run_dir, mode, run_id)
-    if mode != "online":
-        return logger
     try:
         logger.experiment  # noqa: B018  (starts the W&B run)
     except Exception as exc:  # wandb raises CommError, AuthenticationError, UsageError, timeouts, ...
+        if mode != "online":
+            raise
         log.warning(
             "W&B: could not start an online run (%s); logging offline, sync later with `wandb sync`.", exc
         )
@@ -152,10 +226,59 @@ def build_wandb_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -
         # The failed online run keeps its id reserved in the W&B service: the offline run gets a new one.
         run_id = wandb_run_id(run_dir, resuming=False)
         _store_run_id(run_dir, run_id)
-        return _wandb_logger(cfg, run_dir, "offline", run_id)
-    # Sweeps optimise the run summary: make it the best validation loss, not the last one.
+        logger = _wandb_logger(cfg, run_dir, "offline", run_id)
+    # Sweeps optimise the run summary: make it the best validation loss, not the last one (offline runs too).
     logger.experiment.define_metric("val/loss", summary="min")
     return logger
+
+
+def active_wandb_runs(loggers: list[Logger]) -> list[Any]:
+    """The started, recording W&B runs of ``loggers`` (rank 0 only; none when W&B is disabled or absent)."""
+    runs = []
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            run = lg.experiment
+            if run is not None and not getattr(run, "disabled", False) and hasattr(run, "save"):
+                runs.append(run)
+    return runs
+
+
+def attach_results(loggers: list[Logger], run_dir: Path, files: list[Path]) -> None:
+    """Attach result ``files`` (``test_metrics.json``, ``horizon_mae.png``) to the W&B run; PNGs also as images."""
+    runs = active_wandb_runs(loggers)
+    if not runs:
+        return
+    import wandb
+
+    present = [path for path in files if path.is_file()]
+    for run in runs:
+        for (
+            path
+        ) in present:  # files in the run's folder are uploaded with it (online at the end, or by wandb sync)
+            shutil.copy2(path, Path(run.dir) / path.relative_to(run_dir))
+        images = {f"test/{p.stem}": wandb.Image(str(p)) for p in present if p.suffix == ".png"}
+        if images:
+            run.log(images)
+
+
+def mark_preempting(loggers: list[Logger]) -> None:
+    """Tell W&B that the run was preempted (SIGTERM): a sweep then hands its configuration out again, and
+    ``stm3 ablations`` continues the interrupted cell from its folder."""
+    for run in active_wandb_runs(loggers):
+        run.mark_preempting()
+
+
+def wandb_locations(loggers: list[Logger]) -> list[str]:
+    """Lines naming where each W&B run is: the URL online; offline, its folder and the ``wandb sync`` command."""
+    lines = []
+    for run in active_wandb_runs(loggers):
+        if run.offline:
+            folder = Path(run.settings.sync_dir)
+            lines.append(f"W&B offline run: {folder}")
+            lines.append(f"upload it with:  wandb sync {folder}")
+        else:
+            lines.append(f"W&B run: {run.url}")
+    return lines
 
 
 @rank_zero_only

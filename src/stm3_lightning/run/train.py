@@ -28,7 +28,7 @@ from stm3_lightning.run.builders import (
     load_before_writing,
 )
 from stm3_lightning.run.checkpoints import check_compatible, run_metadata
-from stm3_lightning.run.loggers import build_loggers
+from stm3_lightning.run.loggers import attach_results, build_loggers, mark_preempting, wandb_locations
 from stm3_lightning.run.machine import machine_info
 from stm3_lightning.run.results import write_horizon_plot, write_predictions, write_test_metrics
 from stm3_lightning.run.resume import resolve_ckpt_path
@@ -70,13 +70,29 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if timer is not None and timer.start_time("train") is not None:
             extra["train_wall_s"] = round(timer.time_elapsed("train"), 1)
-        write_test_metrics(run_dir, results, extra)
+        scored, total = results.get("scored_windows"), dm.window_counts.get("test")
+        if scored is not None and total is not None and scored < total:
+            log.info("Scored %d of the %d test windows (trainer.limit_test_batches).", scored, total)
+        written = [write_test_metrics(run_dir, results, extra)]
         if cfg.metrics.save_predictions and module.test_outputs:
             write_predictions(run_dir, module.test_outputs)
         if cfg.callbacks.plots:
             title = f"{cfg.data.name} {cfg.model.name} {cfg.data.input_len}->{cfg.data.horizon}"
-            write_horizon_plot(run_dir, results["per_step"], title)
+            written.append(write_horizon_plot(run_dir, results["per_step"], title))
+        attach_results(trainer.loggers, run_dir, written)
     return results
+
+
+def where_things_are(trainer: L.Trainer, run_dir: Path) -> str:
+    """The lines printed at the end of a run: its folder, its checkpoints and its W&B run (with the sync command)."""
+    folder = run_dir / "checkpoints"
+    best = Path(getattr(trainer.checkpoint_callback, "best_model_path", "") or "")
+    names = [f"best {best.name}"] if best.name else []
+    names += ["last last.ckpt"] if (folder / "last.ckpt").is_file() else []
+    lines = [f"run folder:      {run_dir.resolve()}"]
+    if names:
+        lines.append(f"checkpoints:     {folder.resolve()} ({', '.join(names)})")
+    return "\n".join(lines + wandb_locations(trainer.loggers))
 
 
 def required_bytes(cfg: DictConfig, module: Forecaster, num_test_windows: int, num_nodes: int) -> int:
@@ -135,7 +151,7 @@ def train(cfg: DictConfig) -> dict:
     try:
         save_config(cfg, run_dir, resuming, worker)
         loggers = build_loggers(cfg, run_dir, resume_step if resuming else None)
-        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm))
+        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm, module.model))
         try:
             if trainable:
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
@@ -143,9 +159,13 @@ def train(cfg: DictConfig) -> dict:
             else:
                 log.info("%s has no trainable parameters: skipping fit, testing directly.", cfg.model.name)
                 best = ""
-            return test_and_report(cfg, trainer, module, dm, run_dir, best or None)
+            results = test_and_report(cfg, trainer, module, dm, run_dir, best or None)
+            if trainer.is_global_zero:
+                print(where_things_are(trainer, run_dir), flush=True)
+            return results
         except SIGTERMException as exc:
             exc.run_dir = run_dir  # type: ignore[attr-defined]  (the CLI names it in its message)
+            mark_preempting(trainer.loggers)
             raise
         finally:
             finish(trainer)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,7 +66,17 @@ class STM2Config(ModelConfig):
     """A stack of (adaptive graph + scale attention) blocks and one multiscale Mamba per layer (no mixture).
 
     Sizes: ``hidden_dim`` is D (the release's ``feature_hidden_dim``), the MoE/Mamba width is ``M = D * len(scales)``.
+    ``VARIANT_KEYS``: the switches that move the model away from the faithful release (README table); a run's
+    variant (W&B group and tags) names those that differ from their defaults.
     """
+
+    VARIANT_KEYS: ClassVar[tuple[str, ...]] = (
+        "preprocess_axis",
+        "agccn",
+        "scale_attention",
+        "scales",
+        "init",
+    )
 
     name: str = "stm2"
     num_layers: int = 2
@@ -99,6 +109,17 @@ class STM2Config(ModelConfig):
 @dataclass
 class STM3Config(STM2Config):
     """STM3: STM2 whose Mamba is a mixture of multiscale Mamba experts routed per node, plus a contrastive loss."""
+
+    VARIANT_KEYS: ClassVar[tuple[str, ...]] = (
+        *STM2Config.VARIANT_KEYS,
+        "router",
+        "router_noise",
+        "router_noise_at_eval",
+        "router_grad",
+        "shared_expert",
+        "contrastive",
+        "contrast_loss_weight",
+    )
 
     name: str = "stm3"
     num_experts: int = 4

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from stm3_lightning.models.global_batch import gather_rows
 from stm3_lightning.models.stm3.contrastive import causal_contrastive_loss, scale_representations
 from stm3_lightning.models.stm3.mamba import MultiscaleMamba
-from stm3_lightning.models.stm3.router import Router, Routing
+from stm3_lightning.models.stm3.router import Router, Routing, membership
 
 
 @dataclass
@@ -97,7 +98,9 @@ class MixtureOfExperts(nn.Module):
         if output.means is None:
             raise ValueError("The mixture output holds no expert means; call forward with with_means=True.")
         reps = scale_representations(output.means, self.hidden_dim).transpose(-1, -2)  # [R, E, Q, D]
-        routing = output.routing
+        # Under DDP the loss (negatives included) is that of the global batch: every process computes it on the
+        # rows of all processes (models/global_batch.py); a single process uses its own rows as they are.
+        reps, indices = gather_rows(reps), gather_rows(output.routing.indices)
         return causal_contrastive_loss(
-            reps, routing.membership(self.num_experts), routing.indices[:, 0], variant=variant, **kwargs
+            reps, membership(indices, self.num_experts), indices[:, 0], variant=variant, **kwargs
         )

@@ -88,7 +88,7 @@ class STM3Network(nn.Module):
     comes from the tensors' device generator, the contrastive negatives from the global CPU generator, in the order
     layer 0 noise, layer 0 negatives, layer 1 noise, ...
 
-    Diagnostics contract (no cost unless called):
+    Diagnostics contract (no cost unless called; ``has_router`` says whether there is anything to diagnose):
     ``routing_diagnostics(x: [B, L, N, C], all_experts=False) -> list[dict[str, Tensor]]``, one dict per STM3 layer
     (empty list for STM2), computed under ``no_grad`` in the model's current train/eval mode, with keys
 
@@ -117,6 +117,11 @@ class STM3Network(nn.Module):
         width = cfg.hidden_dim * len(cfg.scales)
         self.head = ForecastHead(info.input_len, width, info.horizon, info.output_dim)
         apply_init(self, cfg.init)
+
+    @property
+    def has_router(self) -> bool:
+        """Whether the layers route (STM3: yes; STM2: no), i.e. ``routing_diagnostics`` has something to report."""
+        return self.mixture
 
     @property
     def contrastive_on(self) -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from stm3_lightning.models.global_batch import rand_rows
+
 RENORM_EPS = 1e-8
 
 
@@ -40,8 +42,13 @@ class Routing:
 
     def membership(self, num_experts: int) -> Tensor:
         """[R, E] bool: whether row r is routed to expert e."""
-        member = self.indices.new_zeros(self.indices.shape[0], num_experts, dtype=torch.bool)
-        return member.scatter_(1, self.indices, True)
+        return membership(self.indices, num_experts)
+
+
+def membership(indices: Tensor, num_experts: int) -> Tensor:
+    """indices: [R, k] expert ids -> [R, E] bool, whether row r is routed to expert e."""
+    member = indices.new_zeros(indices.shape[0], num_experts, dtype=torch.bool)
+    return member.scatter_(1, indices, True)
 
 
 class Router(nn.Module):
@@ -69,7 +76,7 @@ class Router(nn.Module):
         """inputs: [R, in_dim] (node embedding per row, or the pooled hidden state) -> ``Routing``."""
         logits = self.gate(inputs)
         if self.noise > 0 and (self.training or self.noise_at_eval):
-            noise = torch.rand_like(logits) * self.noise
+            noise = rand_rows(logits) * self.noise  # under DDP: drawn for the global batch (global_batch.py)
         else:
             noise = torch.zeros_like(logits)
         top_p, indices = torch.topk((logits + noise).softmax(dim=-1), self.top_k, dim=-1)

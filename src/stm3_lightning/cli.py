@@ -1,7 +1,8 @@
 """``stm3`` command line: ``train``, ``eval``, ``summary``, ``datasets``, ``baselines``, ``ablations``, ``report``.
 
 Arguments after the sub-command are config choices and overrides, e.g.
-``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``.
+``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``;
+``stm3 train -m seed=1,2,3 model.contrastive=released,repaired`` runs the grid of the values (a multirun).
 Every expected failure (bad config, missing/corrupt data, unusable checkpoint, non-finite training) ends with one
 sentence on stderr and exit code 2, without a traceback and without touching existing files. A run stopped by
 SIGTERM (cluster preemption) saves its state and exits with 143; ``stm3 train resume=<run dir>`` continues it.
@@ -37,13 +38,26 @@ def _preempted_message(exc: BaseException) -> str:
 
 
 def cmd_train(args: list[str]) -> int:
+    from stm3_lightning.multirun.launcher_config import is_launcher_arg
     from stm3_lightning.resume import train_config
     from stm3_lightning.train import train
+
+    if any(is_launcher_arg(a) for a in args):
+        raise ConfigError(
+            "launcher= and launcher.* choose how a multirun runs its jobs; add -m (stm3 train -m ...)."
+        )
 
     results = train(train_config(args))
     overall = results.get("overall", {})
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in overall.items()))
     return 0
+
+
+def cmd_multirun(args: list[str]) -> int:
+    """``stm3 train -m seed=1,2,3 model.contrastive=released,repaired [launcher=...]``: the grid of the values."""
+    from stm3_lightning.multirun.command import multirun
+
+    return multirun(args)
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -133,13 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="stm3", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="train: run the grid of key=a,b,c sweeps (see README, Multirun)",
+    )
     parser.add_argument("overrides", nargs="*", help="group=name choices and key=value overrides")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
+    if ns.multirun and ns.command != "train":
+        parser.error(f"-m (multirun) applies to `stm3 train`, not `stm3 {ns.command}`")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        return COMMANDS[ns.command](ns.overrides)
+        return (cmd_multirun if ns.multirun else COMMANDS[ns.command])(ns.overrides)
     except _expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

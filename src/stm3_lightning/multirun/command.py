@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from stm3_lightning.config.compose import ConfigError, compose
-from stm3_lightning.multirun.jobs import Job, JobResult, Status, run_sequential
+from stm3_lightning.multirun.jobs import Job, JobResult, Runner, Status, run_sequential
 from stm3_lightning.multirun.launcher_config import compose_launcher, is_launcher_arg
-from stm3_lightning.multirun.submitit_launcher import trainer_args
+from stm3_lightning.multirun.submitit_launcher import import_submitit, trainer_args
 from stm3_lightning.multirun.sweep import Sweep, parse_sweep
 from stm3_lightning.rundir import _claim_fresh, check_writable
 
@@ -157,9 +158,14 @@ def format_summary(sweep_dir: Path, results: Sequence[JobResult]) -> str:
     return "\n".join(lines)
 
 
-def multirun(args: Sequence[str]) -> int:
-    """Run ``stm3 train -m args``; exit code 0 when every job finished (or was submitted), 1 when any failed."""
+def multirun(args: Sequence[str], runner: Runner = subprocess.call) -> int:
+    """Run ``stm3 train -m args``; exit code 0 when every job finished (or was submitted), 1 when any failed.
+
+    ``runner`` runs one job's command for the basic launcher (a process by default).
+    """
     launcher = compose_launcher([a for a in args if is_launcher_arg(a)])
+    if launcher.name != "basic":
+        import_submitit(launcher.name)  # missing optional extra: fail before anything is planned
     sweep = parse_sweep([a for a in args if not is_launcher_arg(a)])
     _refuse(sweep)
     extra = trainer_args(launcher, sweep.keys)
@@ -170,7 +176,7 @@ def multirun(args: Sequence[str]) -> int:
     write_summary(sweep_dir, launcher, jobs, [])
     print(f"multirun: {len(jobs)} jobs with launcher={launcher.name} in {sweep_dir}", flush=True)
     if launcher.name == "basic":
-        results = run_sequential(jobs, fail_fast=launcher.fail_fast)
+        results = run_sequential(jobs, runner, fail_fast=launcher.fail_fast)
     else:
         from stm3_lightning.multirun.submitit_launcher import launch
 

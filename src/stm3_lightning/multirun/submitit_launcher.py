@@ -11,6 +11,7 @@ where it stopped. Logs are under ``<sweep dir>/submitit/<job id>/``.
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from stm3_lightning.multirun.jobs import Job, JobResult, Status, train_args
 SLURM = "submitit_slurm"
 # Seconds a stopped run gets to save its state, out of the launcher's signal_delay_s.
 SAVE_MARGIN_S = 15
+POLL_S = 0.2
+KILL_WAIT_S = 10.0
 
 
 def import_submitit(launcher: str) -> Any:
@@ -61,22 +64,31 @@ class TrainJob:
     def __call__(self, args: list[str]) -> int:
         self._child = subprocess.Popen([sys.executable, "-m", "stm3_lightning.cli", "train", *args])
         try:
-            return self._child.wait()
+            self._exited_within(math.inf)
+            return int(self._child.returncode)
         except BaseException:  # cancelled (SIGINT) or exiting after a requeue: never leave the run orphaned
             self.stop()
             raise
 
+    def _exited_within(self, seconds: float) -> bool:
+        """Poll the run until it exits or ``seconds`` pass. Polling, not ``Popen.wait``: :meth:`checkpoint` runs in
+        a signal handler that may interrupt this very loop, and a nested ``wait`` would deadlock on Popen's lock."""
+        assert self._child is not None
+        deadline = time.monotonic() + seconds
+        while self._child.poll() is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
     def stop(self) -> None:
         """Send SIGTERM to the run (it saves its state and exits with 143) and wait for it to finish."""
-        child = self._child
-        if child is None or child.poll() is not None:
+        if self._child is None or self._child.poll() is not None:
             return
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=self.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        self._child.send_signal(signal.SIGTERM)
+        if not self._exited_within(self.stop_timeout_s):
+            self._child.kill()
+            self._exited_within(KILL_WAIT_S)
 
     def checkpoint(self, args: list[str]) -> Any:
         """Called by submitit before the time limit or on preemption: stop the run, requeue it to continue."""

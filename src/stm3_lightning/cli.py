@@ -100,19 +100,20 @@ def cmd_baselines(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report]``: ablation table and plots."""
+    """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report] [baseline=full]``: tables and plots."""
     from pathlib import Path
 
     from stm3_lightning.report import collect, write_report
 
     values = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = sorted(set(values) - {"runs", "out"} | {a for a in args if "=" not in a})
+    unknown = sorted(set(values) - {"runs", "out", "baseline"} | {a for a in args if "=" not in a})
     if unknown:
         raise ConfigError(
-            f"stm3 report takes runs=<dir|wandb:entity/project> and out=<dir>, not {', '.join(unknown)}."
+            "stm3 report takes runs=<dir|wandb:entity/project>, out=<dir> and baseline=<variant>, not "
+            f"{', '.join(unknown)}."
         )
     source = values.get("runs") or "outputs"
-    path = write_report(collect(source), source, Path(values.get("out") or "report"))
+    path = write_report(collect(source), source, Path(values.get("out") or "report"), values.get("baseline"))
     print(f"report: {path}")
     return 0
 

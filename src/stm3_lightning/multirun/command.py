@@ -71,22 +71,23 @@ def validate(jobs: Sequence[Job]) -> list[DictConfig]:
     return configs
 
 
-def _record(jobs: Sequence[Job], results: Sequence[JobResult] = ()) -> dict:
-    status = {r.job.index: r for r in results}  # type: ignore[attr-defined]
-    return {
-        "jobs": [
+def _record(jobs: Sequence[Job], results: Sequence[JobResult]) -> list[dict[str, object]]:
+    by_index = {r.job.index: r for r in results}  # type: ignore[attr-defined]
+    records = []
+    for job in jobs:
+        result = by_index.get(job.index, JobResult(job, Status.PLANNED))
+        records.append(
             {
                 "index": job.index,
                 "values": job.values,
                 "run_dir": str(job.run_dir),
                 "args": job.args,
-                "status": status[job.index].status.value if job.index in status else Status.PLANNED.value,
-                "exit_code": status[job.index].exit_code if job.index in status else None,
-                "detail": status[job.index].detail if job.index in status else "",
+                "status": result.status.value,
+                "exit_code": result.exit_code,
+                "detail": result.detail,
             }
-            for job in jobs
-        ]
-    }
+        )
+    return records
 
 
 def write_summary(
@@ -94,7 +95,7 @@ def write_summary(
 ) -> Path:
     """``<sweep dir>/multirun.json``: the launcher and every job's values, arguments, folder and status."""
     path = sweep_dir / SUMMARY
-    record = {"launcher": launcher.name, **_record(jobs, results)}
+    record = {"launcher": launcher.name, "jobs": _record(jobs, results)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)

@@ -3,7 +3,8 @@
 files and ``results/README.md`` from finished runs, without training).
 
 Arguments after the sub-command are config choices and overrides, e.g.
-``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``.
+``stm3 train data=pems08 model=stm3 experiment=reproduce/pems08 trainer.max_epochs=5 seed=3``;
+``stm3 train -m seed=1,2,3 model.contrastive=released,repaired`` runs the grid of the values (a multirun).
 Every expected failure (bad config, missing/corrupt data, unusable checkpoint, non-finite training) ends with one
 sentence on stderr and exit code 2, without a traceback and without touching existing files. A run stopped by
 SIGTERM (cluster preemption) saves its state and exits with 143; ``stm3 train resume=<run dir>`` continues it.
@@ -40,13 +41,26 @@ def _preempted_message(exc: BaseException) -> str:
 
 
 def cmd_train(args: list[str]) -> int:
+    from stm3_lightning.multirun.launcher_config import is_launcher_arg
     from stm3_lightning.run.resume import train_config
     from stm3_lightning.run.train import train
+
+    if any(is_launcher_arg(a) for a in args):
+        raise ConfigError(
+            "launcher= and launcher.* choose how a multirun runs its jobs; add -m (stm3 train -m ...)."
+        )
 
     results = train(train_config(args))
     overall = results.get("overall", {})
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in overall.items()))
     return 0
+
+
+def cmd_multirun(args: list[str]) -> int:
+    """``stm3 train -m seed=1,2,3 model.contrastive=released,repaired [launcher=...]``: the grid of the values."""
+    from stm3_lightning.multirun.command import multirun
+
+    return multirun(args)
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -89,19 +103,20 @@ def cmd_baselines(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report]``: ablation table and plots."""
+    """``stm3 report [runs=<dir>|wandb:<entity>/<project>] [out=report] [baseline=full]``: tables and plots."""
     from pathlib import Path
 
     from stm3_lightning.reporting.report import collect, write_report
 
     values = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = sorted(set(values) - {"runs", "out"} | {a for a in args if "=" not in a})
+    unknown = sorted(set(values) - {"runs", "out", "baseline"} | {a for a in args if "=" not in a})
     if unknown:
         raise ConfigError(
-            f"stm3 report takes runs=<dir|wandb:entity/project> and out=<dir>, not {', '.join(unknown)}."
+            "stm3 report takes runs=<dir|wandb:entity/project>, out=<dir> and baseline=<variant>, not "
+            f"{', '.join(unknown)}."
         )
     source = values.get("runs") or "outputs"
-    path = write_report(collect(source), source, Path(values.get("out") or "report"))
+    path = write_report(collect(source), source, Path(values.get("out") or "report"), values.get("baseline"))
     print(f"report: {path}")
     return 0
 
@@ -192,13 +207,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="stm3", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="train: run the grid of key=a,b,c sweeps (see README, Multirun)",
+    )
     parser.add_argument("overrides", nargs="*", help="group=name choices and key=value overrides")
     ns = parser.parse_args(argv)
     configure_console(logging.INFO)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        return COMMANDS[ns.command](ns.overrides)
+        return (cmd_multirun if ns.multirun else COMMANDS[ns.command])(ns.overrides)
     except _expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

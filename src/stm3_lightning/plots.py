@@ -150,7 +150,8 @@ class _MeanStd(Protocol):
 def plot_error_bars(
     stats: Mapping[str, Mapping[str, _MeanStd]], metrics: Sequence[tuple[str, str, float]], title: str
 ) -> Figure:
-    """One panel per metric ``(key, label, scale)``, one bar per variant, error bars = std over seeds."""
+    """One panel per metric ``(key, label, scale)``, one bar per variant, error bars = std over seeds; every value
+    axis starts at 0."""
     groups = list(stats)
     fig = Figure(
         figsize=(max(6.0, 1.6 * len(metrics) + 0.45 * len(groups) * len(metrics)), 3.8), layout="constrained"
@@ -161,11 +162,7 @@ def plot_error_bars(
         means = [stats[g][key].mean * scale if key in stats[g] else math.nan for g in groups]
         stds = [stats[g][key].std * scale if key in stats[g] else math.nan for g in groups]
         ax.bar(x, means, yerr=np.nan_to_num(stds), capsize=3, color="tab:blue", alpha=0.8)
-        finite = [m for m in means if math.isfinite(m)]
-        if finite:
-            low, high = min(finite), max(finite)
-            pad = 0.5 * (high - low) + 0.05 * abs(high)
-            ax.set_ylim(max(0.0, low - pad), high + pad + np.nanmax(np.nan_to_num(stds)))
+        ax.set_ylim(bottom=0.0)  # bar lengths are the values: a truncated axis would exaggerate differences
         ax.set_xticks(x, groups, rotation=45, ha="right", fontsize=8)
         ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)

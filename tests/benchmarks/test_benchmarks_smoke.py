@@ -148,3 +148,21 @@ def test_train_step_quick_memory_limited(tmp_path: Path, monkeypatch: pytest.Mon
     assert saved["memory_note"] == "Not enough memory for this test."
     assert "memory-limited" in saved["epoch_basis"]
     assert saved["speedup_vs_ref"] is None and "ref" not in saved["small_batch"]
+
+
+def test_epoch_times_quick(tmp_path: Path) -> None:
+    from benchmarks import epoch_times
+
+    out = tmp_path / "epoch_times.json"
+    epoch_times.main(
+        ["--quick", "--threads", "1", "--only", "pems08,knowair", "--repeats", "2", "--out", str(out)]
+    )
+    saved = {r["dataset"]: r for r in json.loads(out.read_text())["results"]}
+    pems = saved["pems08"]
+    # 10714 training rows of PEMS08 (ratio split; at 96 -> 96 they give the release's 10523 windows), L=8, H=4
+    assert pems["train_windows"] == 10714 - 8 - 4 + 1
+    assert pems["epoch_steps"] == pems["train_windows"] // 4 and pems["step"]["repeats"] == 2
+    per_step = pems["step"]["median_s"] + pems["data"]["median_s"]
+    assert pems["epoch_seconds"] == pytest.approx(pems["epoch_steps"] * per_step)
+    assert "steps x measured batch-4 step" in pems["epoch_basis"] and pems["source"].startswith("random")
+    assert saved["knowair"]["epoch_seconds"] is None and saved["knowair"]["step"]["median_s"] > 0

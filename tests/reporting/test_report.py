@@ -1,11 +1,13 @@
 """`stm3 report`: the table values are the means / sample stds of the fixture runs' JSON, plots are written.
 
 The runs of ``tests/reporting/fixtures/report_runs.json`` are materialised as run folders; the expected values are computed
-here with numpy straight from that JSON and compared with the numbers printed in ``report/ablations.md``.
+here with numpy/scipy straight from that JSON and compared with the numbers in ``report/ablations.md``, ``.csv`` and
+``.tex``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from stm3_lightning.cli import main
 from stm3_lightning.config.compose import ConfigError
@@ -186,3 +189,93 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_sections_never_mix_protocols_or_horizons(report: tuple[str, Path]) -> None:
     headings = re.findall(r"^## (.+)$", report[0], flags=re.M)
     assert headings == sorted(headings) and len(headings) == len(set(headings)) == 2
+
+
+def fixture_mae(section: str, group: str) -> dict[int, float]:
+    return {
+        r["config"]["seed"]: r["test_metrics"]["overall"]["mae"] for r in expected_groups()[section][group]
+    }
+
+
+def test_paired_tests_against_the_baseline_in_the_markdown(report: tuple[str, Path]) -> None:
+    rows = {r[0]: r for r in parse_tables(report[0])[SYNTH] if len(r) == 9}
+    assert rows["variant"][1:4] == ["n pairs", "seeds", "MAE − full (mean ± std)"]
+    base, other = fixture_mae(SYNTH, "full"), fixture_mae(SYNTH, "no_agccn")
+    seeds = sorted(set(base) & set(other))
+    expected = stats.ttest_rel([other[s] for s in seeds], [base[s] for s in seeds])
+    row = rows["no_agccn"]
+    assert row[1:3] == ["2", "1,2"]
+    assert float(row[4]) == pytest.approx(expected.statistic, abs=0.005)
+    assert float(row[5]) == pytest.approx(expected.pvalue, abs=0.0005)
+    assert float(row[6].rstrip(" *")) == pytest.approx(
+        expected.pvalue, abs=0.0005
+    )  # one variant tested: m = 1
+    assert float(row[7]) == pytest.approx(0.5)  # both differences positive: 2 of the 4 sign patterns
+    assert rows["stm2"][1:3] == ["1", "1"] and rows["stm2"][5] == "—"
+    pems = report[0].split(f"## {PEMS}")[1].split(f"## {SYNTH}")[0]
+    assert (
+        "Paired tests against" not in pems and "Paired tests against full" in report[0]
+    )  # no baseline in pems
+
+
+def test_csv_export_holds_the_table_numbers(report: tuple[str, Path]) -> None:
+    with (report[1] / "ablations.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(g) for g in expected_groups().values())
+    for row in rows:
+        runs = expected_groups()[row["section"]][row["variant"]]
+        maes = [r["test_metrics"]["overall"]["mae"] for r in runs]
+        assert int(row["runs"]) == len(runs) and float(row["mae_mean"]) == pytest.approx(np.mean(maes))
+        mape = np.array([r["test_metrics"]["overall"]["mape"] for r in runs]) * 100
+        assert float(row["mape_pct_mean"]) == pytest.approx(mape.mean())
+        if len(runs) > 1:
+            assert float(row["mae_std"]) == pytest.approx(np.std(maes, ddof=1))
+        else:
+            assert row["mae_std"] == ""
+    by_variant = {(r["section"], r["variant"]): r for r in rows}
+    tested = by_variant[(SYNTH, "no_agccn")]
+    base, other = fixture_mae(SYNTH, "full"), fixture_mae(SYNTH, "no_agccn")
+    assert float(tested["p_ttest"]) == pytest.approx(
+        stats.ttest_rel([other[1], other[2]], [base[1], base[2]]).pvalue
+    )
+    assert (
+        tested["baseline"] == "full"
+        and tested["pairs"] == "2"
+        and by_variant[(PEMS, "linear")]["p_ttest"] == ""
+    )
+
+
+def test_latex_export_is_one_booktabs_table_per_section(report: tuple[str, Path]) -> None:
+    tex = (report[1] / "ablations.tex").read_text()
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{table}") == 2
+    assert tex.count("\\toprule") == tex.count("\\bottomrule") == 2
+    assert "no\\_agccn & 2 & 3.394 $\\pm$ 0.025" in tex and "reproduce/pems08 & 2" in tex
+    assert "\\caption{synthetic 24$\\rightarrow$4 (official): test errors" in tex and "$p_\\mathrm{t}$" in tex
+
+
+def test_bar_charts_start_at_zero() -> None:
+    from stm3_lightning.report_plots import plot_error_bars
+
+    from stm3_lightning.reporting.report import TABLE_METRICS, Stat
+
+    means = {"full": {k: Stat(v, 0.01, 3) for k, v in (("mae", 15.3), ("rmse", 24.5), ("mape", 0.095))}}
+    means["other"] = {k: Stat(s.mean * 1.01, 0.01, 3) for k, s in means["full"].items()}
+    fig = plot_error_bars(means, TABLE_METRICS, "t")
+    for ax, (key, _, scale) in zip(fig.axes, TABLE_METRICS, strict=True):
+        low, high = ax.get_ylim()
+        assert low == 0.0 and high >= means["other"][key].mean * scale
+
+
+def test_baseline_option_chooses_the_reference_variant(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = materialise(tmp_path / "runs")
+    out = tmp_path / "report"
+    assert main(["report", f"runs={root}", f"out={out}", "baseline=reproduce/pems08"]) == 0
+    tables = parse_tables((out / "ablations.md").read_text())
+    assert "ΔMAE vs reproduce/pems08" in tables[PEMS][0]
+    assert any(r[0] == "linear" and r[1] == "1" for r in tables[PEMS] if len(r) == 9)
+    assert "ΔMAE" not in " ".join(tables[SYNTH][0])
+    assert main(["report", f"runs={root}", f"out={tmp_path / 'r2'}", "baseline=nope"]) == 2
+    assert (
+        "baseline=nope is not a variant of these runs; choose one of full, linear" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "r2").exists()

@@ -172,11 +172,12 @@ def _schema_with_model(model_name: str) -> DictConfig:
     return base
 
 
-def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def _merge(cfg: DictConfig, other: DictConfig, source: str, schema: Any = RunConfig) -> DictConfig:
+    """Merge ``other`` into ``cfg``; a bad key or value fails naming it, the closest keys of ``schema`` and ``source``."""
     try:
         return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        err = str(_explain(exc, RunConfig)).rstrip(".")
+        err = str(_explain(exc, schema)).rstrip(".")
         raise ConfigError(f"{err} (in {source}).") from exc
 
 

@@ -99,9 +99,9 @@ class ScalerConfig:
 class SyntheticConfig:
     """Deterministic graph-diffused periodic signals (the offline default dataset)."""
 
-    num_nodes: int = 64
-    num_steps: int = 4032
-    steps_per_day: int = 288
+    num_nodes: int = 16
+    num_steps: int = 1344  # 14 days
+    steps_per_day: int = 96  # 15-minute steps
     seed: int = 0
     noise: float = 0.1
     diffusion_steps: int = 2

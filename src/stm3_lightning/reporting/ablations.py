@@ -11,10 +11,8 @@ command a W&B sweep agent runs for one cell), so DDP, W&B and the run folder sta
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stm3_lightning.config.compose import ConfigError, closest_names, project_root
 from stm3_lightning.models.registry import model_schema
+from stm3_lightning.multirun.jobs import Runner, Status, run_sequential
 
 BASELINE = "full"
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
@@ -47,6 +46,10 @@ class Cell:
     seed: int
     run_dir: Path
     args: list[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.ablation} seed {self.seed}"
 
 
 def ablations_dir() -> Path:
@@ -231,37 +234,11 @@ def plan_grid(request: GridRequest) -> list[Cell]:
     ]
 
 
-def cell_state(cell: Cell) -> str:
-    """``done`` (test_metrics.json written), ``interrupted`` (config.yaml but no results) or ``new``."""
-    if (cell.run_dir / "test_metrics.json").is_file():
-        return "done"
-    if (cell.run_dir / "config.yaml").is_file():
-        return "interrupted"
-    return "new"
-
-
-def train_command(cell: Cell, resume_overrides: bool = False) -> list[str] | None:
-    """The process to run for ``cell``: a new run, a resume of an interrupted one, or ``None`` when done.
-
-    A resume continues the saved configuration; with ``resume_overrides`` the cell's arguments are passed along
-    (key=value changes such as a larger ``trainer.max_epochs`` apply, group choices must match).
-    """
-    state = cell_state(cell)
-    if state == "done":
-        return None
-    resume = [f"resume={cell.run_dir}", *(cell.args if resume_overrides else [])]
-    args = resume if state == "interrupted" else cell.args
-    return [sys.executable, "-m", "stm3_lightning.cli", "train", *args]
-
-
 @dataclass
 class GridOutcome:
     ran: list[Cell]
     skipped: list[Cell]
     failed: list[Cell]
-
-
-Runner = Callable[[list[str]], int]
 
 
 def run_grid(
@@ -270,20 +247,11 @@ def run_grid(
     dry_run: bool = False,
     resume_overrides: bool = False,
 ) -> GridOutcome:
-    """Run the cells sequentially (a failed cell is reported and the grid goes on); finished cells are skipped."""
-    outcome = GridOutcome([], [], [])
-    for i, cell in enumerate(cells, 1):
-        command = train_command(cell, resume_overrides)
-        label = f"[{i}/{len(cells)}] {cell.ablation} seed {cell.seed}"
-        if command is None:
-            print(f"{label}: done already ({cell.run_dir}), skipped", flush=True)
-            outcome.skipped.append(cell)
-            continue
-        print(f"{label}: stm3 train {shlex.join(command[4:])}", flush=True)
-        if dry_run:
-            continue
-        code = runner(command)
-        (outcome.ran if code == 0 else outcome.failed).append(cell)
-        if code != 0:
-            print(f"{label}: FAILED with exit code {code}; continuing with the next cell", flush=True)
-    return outcome
+    """Run the cells sequentially (a failed cell is reported and the grid goes on); finished cells are skipped;
+    with ``resume_overrides`` an interrupted cell resumes with its arguments (e.g. a larger max_epochs)."""
+    results = run_sequential(cells, runner, dry_run, resume_overrides=resume_overrides)
+
+    def having(status: Status) -> list[Cell]:
+        return [r.job for r in results if r.status is status]  # type: ignore[misc]
+
+    return GridOutcome(having(Status.DONE), having(Status.SKIPPED), having(Status.FAILED))

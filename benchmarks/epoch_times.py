@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 
 import torch
-from stm3_lightning.data.registry import DATASETS
 
 from benchmarks.common import (
     RESULTS_DIR,
@@ -39,9 +38,11 @@ from benchmarks.common import (
 )
 from benchmarks.train_step import Batches, epoch_estimate, fitting_batch, training_batch
 from stm3_lightning.config.compose import compose, project_root
+from stm3_lightning.data.catalogue import DATASETS
 from stm3_lightning.data.splits import make_segments
-from stm3_lightning.models.registry import DataInfo, build_model
+from stm3_lightning.models.registry import build_model
 from stm3_lightning.reporting.summary import data_info
+from stm3_lightning.types import DataInfo
 
 PROBE_BATCH = 2
 # --quick: tiny shapes so every dataset config runs in a second (checks the script, not the machine).

@@ -254,8 +254,7 @@ def test_latex_export_is_one_booktabs_table_per_section(report: tuple[str, Path]
 
 
 def test_bar_charts_start_at_zero() -> None:
-    from stm3_lightning.report_plots import plot_error_bars
-
+    from stm3_lightning.plots import plot_error_bars
     from stm3_lightning.reporting.report import TABLE_METRICS, Stat
 
     means = {"full": {k: Stat(v, 0.01, 3) for k, v in (("mae", 15.3), ("rmse", 24.5), ("mape", 0.095))}}

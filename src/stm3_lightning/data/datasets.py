@@ -1,9 +1,8 @@
-"""Every dataset's spec: files, sources and checksums, sizes and default protocol (the catalogue's contents).
+"""Every dataset's spec: files, sources, checksums, sizes and default protocol (the catalogue's contents).
 
-File names and folders follow the official STM3 release (``lib/load_dataset.py``, data published as Zenodo
-record 17946270); the original layouts (ASTGCN ``.npz``, DCRNN ``.h5``/``adj_mx.pkl``, the GTC ``.mat``, the
-ETDataset CSV) are accepted as alternatives. Facts not verifiable from a published file are marked
-"[inferred]" in the specs' notes. Look datasets up through :mod:`stm3_lightning.data.catalogue`.
+File names follow the STM3 release (``lib/load_dataset.py``; Zenodo record 17946270); the original layouts (ASTGCN
+``.npz``, DCRNN ``.h5``/``adj_mx.pkl``, GTC ``.mat``, ETDataset CSV) are accepted too. Facts not verifiable from a
+published file are marked "[inferred]". Look datasets up through :mod:`stm3_lightning.data.catalogue`.
 """
 
 from __future__ import annotations
@@ -20,9 +19,6 @@ _ASTGNN = "https://github.com/guoshnBJTU/ASTGNN/raw/29ce7a17942e5e11d5fc15e61c6c
 _GTC = "https://github.com/summerdenglei/GTC/raw/711cc5edce2b4ab365e1af10414d58d541681fd5"
 _ETDATASET = "https://github.com/zhouhaoyi/ETDataset/raw/11ab373cf9c9f5be7698e219a5a170e1b1c8a930/ETT-small"
 _RELEASE = f"the STM3 release data (Zenodo record 17946270, {ZENODO_URL})"
-
-
-# --------------------------------------------------------------------------------------------------- specs
 
 
 def _pems_spec(
@@ -389,10 +385,9 @@ _add(
         files=(),
         generated=True,
         protocol=Protocol(
-            "Deterministic synthetic spatio-temporal data (offline default): graph-diffused daily/weekly periodic "
-            "signals plus noise. 14 days of 15-minute steps on 16 nodes, sized so that `make train` (STM3, 10 "
-            "epochs) finishes in under 2 minutes on 2 CPU cores and beats persistence; change data.synthetic.* "
-            "for more.",
+            "Deterministic synthetic graph-diffused daily/weekly signals plus noise (offline default): 14 days of "
+            "15-minute steps on 16 nodes, so `make train` (STM3, 10 epochs) takes < 2 min on 2 cores and beats "
+            "persistence; change data.synthetic.* for more.",
             null_val=math.nan,
             input_len=24,
             horizon=12,

@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         help="train: run the grid of key=a,b,c sweeps (see README, Multirun)",
     )
     parser.add_argument("overrides", nargs="*", help="group=name choices and key=value overrides")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
+    if ns.multirun and ns.command != "train":
+        parser.error(f"-m (multirun) applies to `stm3 train`, not `stm3 {ns.command}`")
     configure_console(logging.INFO)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 

@@ -183,9 +183,11 @@ def plan_seeds(request: ReproduceRequest) -> list[Cell]:
 
 
 def settings(cfg: DictConfig) -> dict[str, str]:
-    """``key -> key=value`` of every leaf of ``cfg`` that defines the configuration (identity keys dropped)."""
+    """``key -> key=value`` of every leaf of ``cfg`` that defines the configuration (identity keys dropped, and
+    ``data.synthetic.*`` unless the data is synthetic: the generator's defaults say nothing about a real dataset)."""
     pairs = flatten(OmegaConf.create(OmegaConf.to_container(cfg)))
-    return {p.split("=", 1)[0]: p for p in pairs if not p.startswith(IDENTITY_PREFIXES)}
+    unused = ("data.synthetic.",) if cfg.data.name != "synthetic" else ()
+    return {p.split("=", 1)[0]: p for p in pairs if not p.startswith((*IDENTITY_PREFIXES, *unused))}
 
 
 def check_same_configuration(cell: Cell) -> None:

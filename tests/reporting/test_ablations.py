@@ -186,7 +186,11 @@ def test_make_ablations_then_make_report(tmp_path: Path) -> None:
     assert "## synthetic 12->6 (official)" in report
     assert "| full | 2 | 1,2 |" in report and "| no_agccn | 2 | 1,2 |" in report
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
-    assert pngs == ["synthetic_12-6_official-bars.png", "synthetic_12-6_official-horizon_mae.png"]
+    assert pngs == [  # the routing figure: the analysis callbacks are on by default for STM3
+        "synthetic_12-6_official-bars.png",
+        "synthetic_12-6_official-horizon_mae.png",
+        "synthetic_12-6_official-routing.png",
+    ]
     again = subprocess.run(
         [*make, "ablations", "DATA=synthetic", f"ARGS={tiny}"],
         cwd=tmp_path,

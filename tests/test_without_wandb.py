@@ -1,5 +1,5 @@
 """A training run needs no wandb: with ``import wandb`` failing, the package imports, and training runs with
-``logger=csv`` and with the default (offline W&B) logger, which falls back to CSV only with a warning."""
+``logger=csv`` and with the default (offline W&B) logger, which falls back to CSV only with one INFO line."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, NoWandb())
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO)  # the fallback is announced in one INFO line
     import stm3_lightning
     from stm3_lightning.config.compose import compose
     from stm3_lightning.run.train import train

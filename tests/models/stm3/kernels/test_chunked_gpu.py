@@ -4,6 +4,7 @@ STM3 trained with it (model forward/backward vs the PyTorch loop, and a bf16-mix
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from stm3_lightning.models.registry import build_model
 from stm3_lightning.models.stm3.config import STM3Config
 from stm3_lightning.models.stm3.kernels.chunked import selective_scan_chunked, selective_scan_ref
 from stm3_lightning.types import DataInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+from tests.models.stm3.kernels.test_gpu import scan_inputs, values_and_grads  # noqa: E402  (the shared inputs)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,28 +29,6 @@ BACKEND_KEY = next(
 )
 CHUNKED, LOOP = "chunked", "torch"  # on CUDA, ``torch`` is the PyTorch loop over L
 NAMES = ("y", "u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def scan_inputs(device: str, b: int = 3, d: int = 32, n: int = 16, length: int = 96) -> list[torch.Tensor]:
-    """u, delta, A, B, C, D, z, delta_bias (seeded, requiring grad); u, delta, z: [b, d, L]; B, C: [b, n, L]."""
-    g = torch.Generator().manual_seed(0)
-    xs = [
-        torch.randn(b, d, length, generator=g),
-        torch.randn(b, d, length, generator=g) * 0.5,
-        -torch.rand(d, n, generator=g) * 2 - 0.1,
-        torch.randn(b, n, length, generator=g).tanh(),
-        torch.randn(b, n, length, generator=g).tanh(),
-        torch.rand(d, generator=g),
-        torch.randn(b, d, length, generator=g),
-        torch.rand(d, generator=g) - 0.5,
-    ]
-    return [x.to(device).requires_grad_(True) for x in xs]
-
-
-def values_and_grads(fn, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    y = fn(*xs)
-    cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype)
-    return [y, *torch.autograd.grad(y, xs, cotangent)]
 
 
 def assert_close_relative(

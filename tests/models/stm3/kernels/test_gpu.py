@@ -38,7 +38,7 @@ def scan_inputs(device: str, b: int = 3, d: int = 32, n: int = 16, length: int =
 
 def values_and_grads(fn, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     y = fn(*xs)
-    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype)
     return [y, *torch.autograd.grad(y, xs, grad_out)]
 
 

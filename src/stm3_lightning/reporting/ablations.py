@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -194,26 +194,41 @@ class GridRequest:
         return given[-1] if given else "outputs"
 
 
-def parse_request(args: Sequence[str]) -> GridRequest:
-    """Split ``stm3 ablations`` arguments into the runner's keys (:data:`RUNNER_KEYS`) and pass-through overrides.
-
-    ``ablation=a,b`` picks cells (default: the whole grid), ``seed=k`` one seed, ``seeds=1,2,3`` several.
-    """
+def split_runner_args(
+    args: Sequence[str], runner_keys: Sequence[str], example: str, refuse: Callable[[str], str]
+) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments of a grid command split into its own keys (``runner_keys``) and the pass-through
+    ``stm3 train`` overrides; ``experiment``, ``exp`` and ``paths.output_dir`` are the runner's to set and are
+    refused with the sentence ``refuse(key)``, a bare word with one naming ``example``."""
     own: dict[str, str] = {}
     extra: list[str] = []
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
-            raise ConfigError(f"Argument '{arg}' is not of the form key=value; write e.g. ablation=no_agccn.")
-        if key in RUNNER_KEYS:
+            raise ConfigError(f"Argument '{arg}' is not of the form key=value; write e.g. {example}.")
+        if key in runner_keys:
             own[key] = value
         elif key in ("experiment", "exp", "paths.output_dir"):
-            raise ConfigError(
-                f"stm3 ablations sets {key} itself (paper config and one folder per cell); drop {key}= "
-                "or run a single configuration with `stm3 train`."
-            )
+            raise ConfigError(refuse(key))
         else:
             extra.append(arg)
+    return own, extra
+
+
+def parse_request(args: Sequence[str]) -> GridRequest:
+    """Split ``stm3 ablations`` arguments into the runner's keys (:data:`RUNNER_KEYS`) and pass-through overrides.
+
+    ``ablation=a,b`` picks cells (default: the whole grid), ``seed=k`` one seed, ``seeds=1,2,3`` several.
+    """
+    own, extra = split_runner_args(
+        args,
+        RUNNER_KEYS,
+        example="ablation=no_agccn",
+        refuse=lambda key: (
+            f"stm3 ablations sets {key} itself (paper config and one folder per cell); drop {key}= "
+            "or run a single configuration with `stm3 train`."
+        ),
+    )
     names = [n for n in own.get("ablation", "").split(",") if n] or grid_names()
     unknown = [n for n in names if n not in grid_names()]
     if unknown:

@@ -31,6 +31,7 @@ from stm3_lightning.reporting.ablations import (
     flatten,
     parse_seeds,
     run_grid,
+    split_runner_args,
 )
 
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
@@ -93,23 +94,15 @@ def _truthy(value: str) -> bool:
 
 def parse_request(args: Sequence[str], checks_available: Sequence[str] = ()) -> ReproduceRequest:
     """Split arguments into the runner's keys (:data:`RUNNER_KEYS`) and per-seed overrides."""
-    own: dict[str, str] = {}
-    extra: list[str] = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(
-                f"Argument '{arg}' is not of the form key=value; write e.g. data=pems08 seeds=1,2."
-            )
-        if key in RUNNER_KEYS:
-            own[key] = value
-        elif key in ("experiment", "exp", "paths.output_dir"):
-            raise ConfigError(
-                f"stm3 reproduce sets {key} itself (the paper config and one folder per seed); drop {key}= or "
-                "train a single configuration with `stm3 train`."
-            )
-        else:
-            extra.append(arg)
+    own, extra = split_runner_args(
+        args,
+        RUNNER_KEYS,
+        example="data=pems08 seeds=1,2",
+        refuse=lambda key: (
+            f"stm3 reproduce sets {key} itself (the paper config and one folder per seed); drop {key}= or "
+            "train a single configuration with `stm3 train`."
+        ),
+    )
     if not own.get("data"):
         raise ConfigError("stm3 reproduce needs data=<dataset>, e.g. make reproduce DATA=pems08.")
     seeds = parse_seeds(own.get("seeds") or own.get("seed") or ",".join(map(str, DEFAULT_SEEDS)))

@@ -39,6 +39,7 @@ from benchmarks.common import (
 from benchmarks.train_step import Batches, epoch_estimate, fitting_batch, training_batch
 from stm3_lightning.config.compose import compose, project_root
 from stm3_lightning.data.catalogue import DATASETS
+from stm3_lightning.data.errors import DataError
 from stm3_lightning.data.splits import make_segments
 from stm3_lightning.models.registry import build_model
 from stm3_lightning.reporting.summary import data_info
@@ -78,7 +79,7 @@ def dataset_batches(cfg, quick: bool, seed: int) -> Batches:
         dm = SpatioTemporalDataModule(cfg.data, cfg.paths.data_dir)
         try:
             dm.setup()
-        except (OSError, ValueError) as exc:  # DataError is a ValueError; missing files an OSError
+        except (OSError, DataError) as exc:  # a missing or unreadable file: time random batches instead
             reason = str(exc).splitlines()[0]
         else:
             mean, std = dm.scaler.tensors()

@@ -91,8 +91,10 @@ def bf16_training(data: list[str], epochs: int, batches: int, data_dir: str | No
     fit+test seconds, and ``mae_diff`` = MAE(bf16) - MAE(fp32) (absolute and relative to fp32).
     """
     from stm3_lightning.config.compose import compose
+    from stm3_lightning.console import configure_console
     from stm3_lightning.run.train import train
 
+    configure_console()  # the CLI's console: no Lightning tips or known deprecation noise in the benchmark log
     runs: dict[str, dict[str, object]] = {}
     for precision in PRECISIONS:
         with tempfile.TemporaryDirectory(prefix="stm3-bf16-") as out:

@@ -166,3 +166,14 @@ def test_epoch_times_quick(tmp_path: Path) -> None:
     assert pems["epoch_seconds"] == pytest.approx(pems["epoch_steps"] * per_step)
     assert "steps x measured batch-4 step" in pems["epoch_basis"] and pems["source"].startswith("random")
     assert saved["knowair"]["epoch_seconds"] is None and saved["knowair"]["step"]["median_s"] > 0
+
+
+def test_epoch_times_missing_file_falls_back_to_random_batches(tmp_path: Path) -> None:
+    """A dataset whose file is absent is timed on random batches of its shape, not a crash of the whole table."""
+    from benchmarks import epoch_times
+
+    cfg = epoch_times.paper_config("electricity", str(tmp_path), quick=False)
+    batches = epoch_times.dataset_batches(cfg, quick=False, seed=0)
+    assert batches.source.startswith("random (No Electricity data found")
+    x, _ = next(batches.iterator(2, 0))
+    assert x.shape[2] == 321 and batches.train_windows is not None

@@ -80,7 +80,7 @@ summary: $(VENV_READY) ## Resolved config, parameter count, kernel backend: make
 datasets: $(VENV_READY) ## List the datasets, their files and where they come from
 	$(BIN)/stm3 datasets
 
-bench: $(VENV_READY) ## Performance benchmarks, ~10 min on 2 idle cores (tables + JSON under benchmarks/results/)
+bench: $(VENV_READY) ## Performance benchmarks, ~21 min on 2 idle cores (tables + JSON under benchmarks/results/)
 	$(BIN)/python -m benchmarks.train_step --compile --bf16 --bf16-train
 	$(BIN)/python -m benchmarks.scaling
 

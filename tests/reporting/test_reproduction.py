@@ -155,3 +155,19 @@ def test_spread() -> None:
     out = spread([1.0, 2.0, 3.0])
     assert out["min"] == 1.0 and out["max"] == 3.0 and out["range"] == 2.0
     assert out["std"] == pytest.approx((2 / 3) ** 0.5)
+
+
+def test_wall_time_is_marked_a_lower_bound_unless_the_timer_covered_every_step(tmp_path: Path) -> None:
+    from stm3_lightning.reporting.reproduction import wall_time
+    from stm3_lightning.reporting.results_table import wall_time_cell
+
+    full = wall_time(tmp_path, {"train_wall_s": 7200.0, "train_wall_coverage": "full"})
+    assert full[0] == 7200.0 and "lower bound" not in full[1]
+    for coverage in (
+        {"train_wall_coverage": "from step 1002"},
+        {},
+    ):  # partial, and results from before the field
+        seconds, source = wall_time(tmp_path, {"train_wall_s": 180.0, **coverage})
+        assert seconds == 180.0 and "lower bound" in source
+        assert wall_time_cell({"wall_time_s": seconds, "wall_time_source": source}) == "≥ 0.05 h"
+    assert wall_time_cell({"wall_time_s": 7200.0, "wall_time_source": full[1]}) == "2.00 h"

@@ -175,6 +175,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(uninterrupted: Path, tmp_path: P
     assert main(["train", f"resume={run}"]) == 0
     assert_same_run(run, uninterrupted)
     assert (run / "config.resume-1.yaml").is_file()
+    for folder in (run, uninterrupted):  # the Timer's clock, carried in the checkpoint, covers every step
+        assert json.loads((folder / "test_metrics.json").read_text())["train_wall_coverage"] == "full"
 
 
 @pytest.mark.slow

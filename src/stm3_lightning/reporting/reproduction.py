@@ -80,11 +80,15 @@ def best_epoch(checkpoint: str) -> int | None:
 
 
 def wall_time(run_dir: Path, results: dict) -> tuple[float, str]:
-    """Training wall time in seconds and where it comes from (Lightning's Timer, else the files' times)."""
+    """Training wall time in seconds and where it comes from (Lightning's Timer, else the files' times); the
+    source says "lower bound" when the Timer did not time every step (``train_wall_coverage``, see
+    :mod:`stm3_lightning.callbacks.run_timer`; results written before it was recorded count as unknown)."""
     if "train_wall_s" in results:
-        return float(
-            results["train_wall_s"]
-        ), "Timer callback (fit, validation and test curve; resumes summed)"
+        source = "Timer callback (fit, validation and test curve; resumes summed)"
+        coverage = results.get("train_wall_coverage", "unknown")
+        if coverage != "full":
+            source += f"; timed {coverage}: a lower bound, earlier segments may be untimed"
+        return float(results["train_wall_s"]), source
     start = (run_dir / "config.yaml").stat().st_mtime
     end = (run_dir / "test_metrics.json").stat().st_mtime
     return round(end - start, 1), "file times config.yaml -> test_metrics.json (includes any interruption)"

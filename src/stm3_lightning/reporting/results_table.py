@@ -268,11 +268,17 @@ def seed_table(docs: list[dict]) -> str:
                     str(s["best_epoch"]),
                     f"{s['epochs_run']} / {s['max_epochs']}",
                     s["stopped_by"],
-                    f"{s['wall_time_s'] / 3600:.2f} h",
+                    wall_time_cell(s),
                     f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}, {str(m['git_commit'])[:10]}",
                 ]
             )
     return markdown(header, rows)
+
+
+def wall_time_cell(seed: dict) -> str:
+    """``1.23 h``, or ``≥ 1.23 h`` when the source says the time is a lower bound."""
+    bound = "≥ " if "lower bound" in seed.get("wall_time_source", "") else ""
+    return f"{bound}{seed['wall_time_s'] / 3600:.2f} h"
 
 
 def render(results_dir: Path) -> str:

@@ -14,7 +14,6 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     RichProgressBar,
-    Timer,
     TQDMProgressBar,
 )
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +24,7 @@ from stm3_lightning.callbacks.last_checkpoint import LastCheckpoint
 from stm3_lightning.callbacks.nan_guard import NanGuard
 from stm3_lightning.callbacks.plain_progress import PlainProgress
 from stm3_lightning.callbacks.rng_state import RngState
+from stm3_lightning.callbacks.run_timer import RunTimer
 from stm3_lightning.data.datamodule import SpatioTemporalDataModule
 from stm3_lightning.data.resumable import ResumableDataModule
 from stm3_lightning.lit.forecaster import Forecaster
@@ -90,7 +90,7 @@ def build_checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]
 def build_resilience_callbacks(cfg: DictConfig, dm: SpatioTemporalDataModule) -> list[Callback]:
     """Checkpoint metadata, RNG state for exact resumes, the training wall clock (Lightning's ``Timer``, carried
     across resumes in the checkpoints) and the non-finite guard."""
-    out: list[Callback] = [CheckpointMetadata(run_metadata(cfg, dm.info)), RngState(), Timer()]
+    out: list[Callback] = [CheckpointMetadata(run_metadata(cfg, dm.info)), RngState(), RunTimer()]
     if cfg.callbacks.nan_guard:
         out.append(NanGuard())
     return out

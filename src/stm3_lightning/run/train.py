@@ -12,11 +12,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from stm3_lightning.callbacks.run_timer import RunTimer
 from stm3_lightning.config.compose import ConfigError
 from stm3_lightning.config.safety import harden_resolvers
 from stm3_lightning.lit.forecaster import Forecaster
@@ -67,9 +67,10 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
             "windows": dm.window_counts,
             "machine": machine_info(),
         }
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        timer = next((c for c in trainer.callbacks if isinstance(c, RunTimer)), None)
         if timer is not None and timer.start_time("train") is not None:
             extra["train_wall_s"] = round(timer.time_elapsed("train"), 1)
+            extra["train_wall_coverage"] = timer.coverage()
         scored, total = results.get("scored_windows"), dm.window_counts.get("test")
         if scored is not None and total is not None and scored < total:
             log.info("Scored %d of the %d test windows (trainer.limit_test_batches).", scored, total)

@@ -151,18 +151,31 @@ def build_analysis_callbacks(cfg: DictConfig, run_dir: Path, model: nn.Module) -
     return out
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
+def trainer_kwargs(cfg: DictConfig, routed: bool = False) -> dict:
+    """``cfg.trainer`` as ``L.Trainer`` keyword arguments. ``routed`` (the model routes rows to experts): plain
+    ``strategy=ddp`` becomes ``ddp_find_unused_parameters_true``, since with top-1 routing an expert can receive no
+    rows on one process in a step, which plain DDP refuses mid-run; DDP then reduces a zero gradient for that
+    process and leaves an expert unused by every process untouched, as one process would."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("val_check_interval") is None:
         kwargs.pop("val_check_interval", None)
     if cfg.callbacks.progress_bar == "none":
         kwargs["enable_progress_bar"] = False
+    if routed and kwargs.get("strategy") == "ddp":
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        log.info(
+            "trainer.strategy=ddp with a routed model runs as ddp_find_unused_parameters_true: an expert can get no "
+            "rows on a process in a step (pass trainer.strategy=ddp_find_unused_parameters_false to refuse that)."
+        )
     return kwargs
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list[Callback]) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list[Callback], model: nn.Module | None = None
+) -> L.Trainer:
+    """The run's ``L.Trainer``; ``model`` (the network) decides the DDP flavour (:func:`trainer_kwargs`)."""
     return L.Trainer(
-        **trainer_kwargs(cfg),
+        **trainer_kwargs(cfg, routed=bool(getattr(model, "has_router", False))),
         default_root_dir=str(run_dir),
         logger=loggers or False,
         callbacks=callbacks,

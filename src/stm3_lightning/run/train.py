@@ -152,7 +152,8 @@ def train(cfg: DictConfig) -> dict:
     try:
         save_config(cfg, run_dir, resuming, worker)
         loggers = build_loggers(cfg, run_dir, resume_step if resuming else None)
-        trainer = build_trainer(cfg, run_dir, loggers, build_callbacks(cfg, run_dir, dm, module.model))
+        callbacks = build_callbacks(cfg, run_dir, dm, module.model)
+        trainer = build_trainer(cfg, run_dir, loggers, callbacks, module.model)
         try:
             if trainable:
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
@@ -205,7 +206,7 @@ def evaluate(cfg: DictConfig, ckpt: str, run_dir: Path | None = None) -> dict:
     else:
         out = claim_subdir(planned.parent, planned.name)
     try:
-        trainer = build_trainer(cfg, out, [], [])
+        trainer = build_trainer(cfg, out, [], [], module.model)
         try:
             return test_and_report(cfg, trainer, module, dm, out, ckpt)
         finally:

@@ -137,3 +137,15 @@ def test_merge_error_sentence_ends_once() -> None:
     with pytest.raises(ConfigError) as info:
         compose(["trainer.max_epoch=3"])
     assert str(info.value).endswith("(in command line).") and ".. " not in str(info.value)
+
+
+def test_synthetic_time_features_follow_the_generated_period() -> None:
+    """data.synthetic.steps_per_day sets the period of the series and of its time-of-day features alike; a
+    data.steps_per_day that disagrees with it is refused with the key to set instead."""
+    assert compose(["data.synthetic.steps_per_day=288"]).data.steps_per_day == 288
+    assert compose([]).data.steps_per_day == compose([]).data.synthetic.steps_per_day == 96
+    with pytest.raises(
+        ConfigError, match=r"data.steps_per_day=24 differs .* set data.synthetic.steps_per_day=24"
+    ):
+        compose(["data.steps_per_day=24"])
+    assert compose(["data=pems08"]).data.steps_per_day == 288

@@ -262,6 +262,12 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError("data.split.mode=borders needs data.split.borders=[train_end,val_end,test_end].")
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
+    if data.name == "synthetic" and data.steps_per_day != data.synthetic.steps_per_day:
+        raise ConfigError(
+            f"data.steps_per_day={data.steps_per_day} differs from data.synthetic.steps_per_day="
+            f"{data.synthetic.steps_per_day}, the period the synthetic series is generated with; set "
+            f"data.synthetic.steps_per_day={data.steps_per_day} instead."
+        )
     if data.nan_policy == "mask" and cfg.metrics.protocol == "official" and math.isnan(data.null_val):
         raise ConfigError(
             "data.nan_policy=mask marks missing values as NaN (data.null_val=nan), which the unmasked official "

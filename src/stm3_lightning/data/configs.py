@@ -51,7 +51,8 @@ def render(spec: DatasetSpec) -> str:
         "split": split,
         "scaler": f"{{kind: standard, per_node: {_yaml(p.per_node)}}}",
         "real_value": _yaml(p.real_value),
-        "steps_per_day": spec.steps_per_day,
+        # a generated series has the period it is generated with: data.synthetic.* is its one knob
+        "steps_per_day": "${.synthetic.steps_per_day}" if spec.generated else spec.steps_per_day,
         "channel": spec.channel,
         "null_val": _yaml(p.null_val),
         "time_features": "true",

@@ -67,8 +67,14 @@ def test_selection_check_compares_the_test_selected_epoch_with_the_validation_se
     out = selection_check(curves)
     assert out["val_selected"] == {"epoch": 2, "test_mae": 2.2, "test_rmse": 3}
     assert out["test_selected"]["epoch"] == 3 and out["delta_mae"] == pytest.approx(-0.2)
+    # a curve that starts late but covers the validation-selected epoch: the best covered epoch, coverage stated
     partial = selection_check({**curves, "test_mae": [None, 2.2, 2.0]})
-    assert partial["status"].startswith("not recorded: the test curve covers 2 of 3 epochs")
+    assert partial["test_selected"]["epoch"] == 3 and partial["delta_mae"] == pytest.approx(-0.2)
+    assert partial["coverage"] == "test curve at 2 of 3 epochs (epochs 2-3)"
+    missing = selection_check({**curves, "test_mae": [3.1, None, 2.0]})
+    assert missing["status"].startswith(
+        "not recorded: the test curve covers 2 of 3 epochs, not the validation"
+    )
 
 
 @pytest.mark.parametrize(

@@ -185,3 +185,12 @@ def test_write_table_and_reference_validation(results: Path) -> None:
     (results / "reference" / "published.json").write_text(json.dumps({"entries": [{"model": "X"}]}))
     with pytest.raises(ValueError, match="published entry X lacks dataset"):
         load_reference(results)
+
+
+def test_a_partial_test_curve_is_named_in_the_selection_sentence() -> None:
+    from stm3_lightning.reporting.results_table import protocol_lines
+
+    doc = {"name": "pems08-12-12", "protocol_checks": checks()}
+    doc["protocol_checks"]["checkpoint_selection"]["per_seed"][0]["coverage"] = "test curve at 8 of 15 epochs"
+    line = protocol_lines(doc)[0]
+    assert "16.00 → 15.50 (best of the test curve at 8 of 15 epochs))" in line

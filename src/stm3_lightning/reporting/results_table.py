@@ -191,6 +191,7 @@ def protocol_lines(doc: dict) -> list[str]:
         parts = ", ".join(
             f"seed {r['seed']}: epoch {r['val_selected']['epoch']} → {r['test_selected']['epoch']}, "
             f"{r['val_selected']['test_mae']:.2f} → {r['test_selected']['test_mae']:.2f}"
+            + (f" (best of the {r['coverage']})" if "coverage" in r else "")
             for r in sel
         )
         out.append(

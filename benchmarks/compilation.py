@@ -20,7 +20,14 @@ from benchmarks.parity import compare, traced_step
 
 
 def compile_whole(model: nn.Module) -> nn.Module:
-    """The whole network under ``torch.compile`` (forward; AOTAutograd compiles the backward on first use)."""
+    """The whole network under ``torch.compile`` (forward; AOTAutograd compiles the backward on first use).
+
+    Inductor would draw the router noise from its own generator, not the eager one (same distribution, other
+    numbers); ``fallback_random`` keeps the eager random stream, so compiled and eager steps are comparable.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
     return torch.compile(model)
 
 

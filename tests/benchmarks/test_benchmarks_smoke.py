@@ -81,10 +81,10 @@ def test_train_step_quick_compile(tmp_path: Path) -> None:
         ["--quick", "--threads", "1", "--skip-ref", "--skip-etth1", "--compile", "--out", str(out)]
     )
     comp = json.loads(out.read_text())["compile"]
-    assert "error" in comp or (comp["parity"]["ok"] and comp["compile_and_first_step_s"] > 0)
-    if "error" not in comp:
-        assert comp["scope"] in {"whole model", "static parts"}
-        assert comp["kept"] == (comp["speedup_vs_eager"] > 1.0)
+    # The whole model traces (the contrastive loss's routing-shaped random draws run eagerly) and equals eager.
+    assert comp["scope"] == "whole model" and not comp["failed_scopes"], comp.get("failed_scopes")
+    assert comp["parity"]["ok"] and comp["compile_and_first_step_s"] > 0
+    assert comp["kept"] == (comp["speedup_vs_eager"] > 1.0)
 
 
 def test_scaling_quick(tmp_path: Path) -> None:

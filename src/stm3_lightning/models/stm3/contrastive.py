@@ -57,6 +57,29 @@ def _within_row_logits(samples: Tensor, weights: Tensor, variant: str, temperatu
     return sim.masked_fill(~positive_mask(num_scales, variant, sim.device), float("-inf"))
 
 
+@torch.compiler.disable  # shapes follow the routing (data-dependent): fake tensors cannot draw them in a graph
+def _draw_negatives(
+    n: int,
+    num_others: int,
+    num_negatives: int,
+    num_experts: int,
+    num_scales: int,
+    expert: int,
+    draw_experts: bool,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The random negatives of ``n`` samples, drawn on the CPU in the release's order (node, [expert,] scale):
+    positions in the ``num_others`` other rows, other experts than ``expert`` (``draw_experts``: the released
+    variant) and scales; each [n, num_negatives] long."""
+    shape = (n, num_negatives)
+    pick = torch.randint(0, num_others, shape, generator=generator)
+    neg_expert = None
+    if draw_experts:
+        neg_expert = torch.randint(0, num_experts - 1, shape, generator=generator)
+        neg_expert = neg_expert + (neg_expert >= expert).long()
+    return pick, neg_expert, torch.randint(0, num_scales, shape, generator=generator)
+
+
 def _negative_logits(
     samples: Tensor,
     reps: Tensor,
@@ -74,14 +97,11 @@ def _negative_logits(
     if others.numel() == 0:
         k = num_negatives if variant == "released" else 0
         return samples.new_full((n, num_scales, k), NO_NEGATIVE_LOGIT)
-    # Drawn on the CPU in this order (node, [expert,] scale), as the release does.
-    pick = torch.randint(0, others.numel(), (n, num_negatives), generator=generator)
-    if variant == "released":
-        neg_expert = torch.randint(0, num_experts - 1, (n, num_negatives), generator=generator)
-        neg_expert = neg_expert + (neg_expert >= expert).long()
-    neg_scale = torch.randint(0, num_scales, (n, num_negatives), generator=generator)
+    pick, neg_expert, neg_scale = _draw_negatives(
+        n, others.numel(), num_negatives, num_experts, num_scales, expert, variant == "released", generator
+    )
     rows = others[pick.to(others.device)]
-    experts = neg_expert.to(rows.device) if variant == "released" else own_expert[rows]
+    experts = neg_expert.to(rows.device) if neg_expert is not None else own_expert[rows]
     # A flat index_select, not reps[rows, experts, scales]: advanced indexing's backward is index_put_ with
     # accumulate=True, whose CPU kernel adds duplicate indices in thread-timing order (same seed, different bits).
     # index_select's backward is index_add_, which adds them in index order.

@@ -50,7 +50,15 @@ harden_resolvers()
 
 def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Path, ckpt: str | None) -> dict:
     """Test ``ckpt`` (or the module's current weights) with the RNG seeded by the run's ``eval_seed`` and write
-    the run's result files on rank 0 (with the training wall time and the machine)."""
+    the run's result files on rank 0 (with the training wall time and the machine). The wall time is read before
+    testing: testing a checkpoint restores the Timer's state from it, which would add that checkpoint's time."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, RunTimer)), None)
+    wall = {}
+    if timer is not None and timer.start_time("train") is not None:
+        wall = {
+            "train_wall_s": round(timer.time_elapsed("train"), 1),
+            "train_wall_coverage": timer.coverage(),
+        }
     with seeded_rng(eval_seed(cfg)):
         trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     results = module.test_results
@@ -67,10 +75,7 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, dm, run_dir: Pa
             "windows": dm.window_counts,
             "machine": machine_info(),
         }
-        timer = next((c for c in trainer.callbacks if isinstance(c, RunTimer)), None)
-        if timer is not None and timer.start_time("train") is not None:
-            extra["train_wall_s"] = round(timer.time_elapsed("train"), 1)
-            extra["train_wall_coverage"] = timer.coverage()
+        extra.update(wall)
         scored, total = results.get("scored_windows"), dm.window_counts.get("test")
         if scored is not None and total is not None and scored < total:
             log.info("Scored %d of the %d test windows (trainer.limit_test_batches).", scored, total)

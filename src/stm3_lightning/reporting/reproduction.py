@@ -80,23 +80,29 @@ def best_epoch(checkpoint: str) -> int | None:
 
 
 def wall_time(run_dir: Path, results: dict) -> tuple[float, str]:
-    """Training wall time in seconds and where it comes from (Lightning's Timer, else the files' times); the
-    source says "lower bound" when the Timer did not time every step (``train_wall_coverage``, see
-    :mod:`stm3_lightning.callbacks.run_timer`; results written before it was recorded count as unknown). A Timer
-    value longer than the run folder's whole life (``config.yaml`` to ``test_metrics.json``) is the double count of
-    runs tested before the fix in :func:`stm3_lightning.run.train.test_and_report`; the span is used instead."""
+    """Training wall time in seconds and where it comes from.
+
+    Lightning's Timer (``train_wall_s``) when the results record its coverage (``train_wall_coverage``, see
+    :mod:`stm3_lightning.callbacks.run_timer`): exact when it timed every step, a lower bound otherwise. Results
+    written before the coverage was recorded, or whose Timer value exceeds the run folder's whole life, fall back to
+    the folder's file times (``config.yaml`` to ``test_metrics.json``, an upper bound): their Timer may both miss
+    early segments and count the tested checkpoint's time twice (fixed in
+    :func:`stm3_lightning.run.train.test_and_report`)."""
     start = (run_dir / "config.yaml").stat().st_mtime
     span = round((run_dir / "test_metrics.json").stat().st_mtime - start, 1)
     files = "file times config.yaml -> test_metrics.json (includes any interruption)"
+    coverage = results.get("train_wall_coverage")
     if "train_wall_s" not in results:
         return span, files
     timer = float(results["train_wall_s"])
-    if timer > span + 1.0:
-        return span, f"{files}; the Timer's {timer:.0f} s exceeds it (counted twice by the test-time restore)"
+    if coverage is None or timer > span + 1.0:
+        return (
+            span,
+            f"{files}; the Timer's {timer:.0f} s is not used (recorded before its coverage and the fix)",
+        )
     source = "Timer callback (fit, validation and test curve; resumes summed)"
-    coverage = results.get("train_wall_coverage", "unknown")
     if coverage != "full":
-        source += f"; timed {coverage}: a lower bound, earlier segments may be untimed"
+        source += f"; timed {coverage}: a lower bound, earlier segments are untimed"
     return timer, source
 
 

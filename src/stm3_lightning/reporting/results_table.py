@@ -277,8 +277,10 @@ def seed_table(docs: list[dict]) -> str:
 
 
 def wall_time_cell(seed: dict) -> str:
-    """``1.23 h``, or ``≥ 1.23 h`` when the source says the time is a lower bound."""
-    bound = "≥ " if "lower bound" in seed.get("wall_time_source", "") else ""
+    """``1.23 h``; ``≥ 1.23 h`` when the source says the time is a lower bound, ``≤ 1.23 h`` when it is the run
+    folder's file times (which include interruptions and the final test)."""
+    source = seed.get("wall_time_source", "")
+    bound = "≥ " if "lower bound" in source else "≤ " if source.startswith("file times") else ""
     return f"{bound}{seed['wall_time_s'] / 3600:.2f} h"
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from stm3_lightning.models.registry import build_model
 from stm3_lightning.models.stm3.config import STM3Config
+from stm3_lightning.run.machine import cpu_name
 from stm3_lightning.types import DataInfo
 
 RESULTS_DIR = Path("benchmarks/results")
@@ -165,16 +166,6 @@ def memory_shortfall(need_mib: float, what: str, safety: float = 1.25) -> str | 
 
 
 # ----------------------------------------------------------------------------------------------------- machine
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, object]:
     """Facts that make a measurement interpretable: CPU, threads, memory, load, versions, date."""
     from stm3_lightning.models.stm3.kernels.causal_conv import cpu_conv_kernel_available

@@ -82,7 +82,7 @@ def device_info(device: torch.device) -> dict[str, object]:
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         }
     else:
-        from benchmarks.common import cpu_name
+        from stm3_lightning.run.machine import cpu_name
 
         info["cpu"] = cpu_name()
     return info

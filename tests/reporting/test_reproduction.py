@@ -174,8 +174,8 @@ def test_wall_time_is_the_timer_when_it_is_trustworthy_else_the_file_times(tmp_p
         os.utime(tmp_path / name, (stamp, stamp))
 
     def cell(results: dict) -> str:
-        seconds, source = wall_time(tmp_path, results)
-        return wall_time_cell({"wall_time_s": seconds, "wall_time_source": source})
+        seconds, source, bound = wall_time(tmp_path, results)
+        return wall_time_cell({"wall_time_s": seconds, "wall_time_source": source, "wall_time_bound": bound})
 
     assert cell({"train_wall_s": 7200.0, "train_wall_coverage": "full"}) == "2.00 h"
     assert cell({"train_wall_s": 180.0, "train_wall_coverage": "from step 1002"}) == "≥ 0.05 h"

@@ -79,8 +79,8 @@ def best_epoch(checkpoint: str) -> int | None:
     return int(match.group(1)) + 1 if match else None
 
 
-def wall_time(run_dir: Path, results: dict) -> tuple[float, str]:
-    """Training wall time in seconds and where it comes from.
+def wall_time(run_dir: Path, results: dict) -> tuple[float, str, str]:
+    """Training wall time in seconds, where it comes from, and what it is: ``exact``, ``lower`` or ``upper`` bound.
 
     Lightning's Timer (``train_wall_s``) when the results record its coverage (``train_wall_coverage``, see
     :mod:`stm3_lightning.callbacks.run_timer`): exact when it timed every step, a lower bound otherwise. Results
@@ -91,19 +91,20 @@ def wall_time(run_dir: Path, results: dict) -> tuple[float, str]:
     start = (run_dir / "config.yaml").stat().st_mtime
     span = round((run_dir / "test_metrics.json").stat().st_mtime - start, 1)
     files = "file times config.yaml -> test_metrics.json (includes any interruption)"
-    coverage = results.get("train_wall_coverage")
     if "train_wall_s" not in results:
-        return span, files
+        return span, files, "upper"
     timer = float(results["train_wall_s"])
+    coverage = results.get("train_wall_coverage")
     if coverage is None or timer > span + 1.0:
         return (
             span,
             f"{files}; the Timer's {timer:.0f} s is not used (recorded before its coverage and the fix)",
+            "upper",
         )
     source = "Timer callback (fit, validation and test curve; resumes summed)"
-    if coverage != "full":
-        source += f"; timed {coverage}: a lower bound, earlier segments are untimed"
-    return timer, source
+    if coverage == "full":
+        return timer, source, "exact"
+    return timer, f"{source}; timed {coverage}, earlier segments are untimed", "lower"
 
 
 def stopped_by(epochs_run: int, max_epochs: int, best: int | None, patience: int, early_stop: bool) -> str:
@@ -137,7 +138,7 @@ def seed_record(seed: int, run_dir: Path, request: ReproduceRequest) -> dict[str
     checks = run_checks(run_dir, ckpt, request.checks, request.eval_seeds)
     es = cfg.callbacks.early_stopping
     best = best_epoch(str(ckpt))
-    seconds, source = wall_time(run_dir, results)
+    seconds, source, bound = wall_time(run_dir, results)
     machine = results.get("machine")
     test = checks["test"]["metrics"]
     return {
@@ -153,6 +154,7 @@ def seed_record(seed: int, run_dir: Path, request: ReproduceRequest) -> dict[str
         "stopped_by": stopped_by(len(curves["epoch"]), cfg.trainer.max_epochs, best, es.patience, es.enabled),
         "wall_time_s": seconds,
         "wall_time_source": source,
+        "wall_time_bound": bound,
         "machine": machine or machine_info(),
         "machine_source": "recorded by the run"
         if machine

@@ -276,12 +276,13 @@ def seed_table(docs: list[dict]) -> str:
     return markdown(header, rows)
 
 
+WALL_TIME_BOUNDS: dict[str, str] = {"exact": "", "lower": "≥ ", "upper": "≤ "}
+
+
 def wall_time_cell(seed: dict) -> str:
-    """``1.23 h``; ``≥ 1.23 h`` when the source says the time is a lower bound, ``≤ 1.23 h`` when it is the run
-    folder's file times (which include interruptions and the final test)."""
-    source = seed.get("wall_time_source", "")
-    bound = "≥ " if "lower bound" in source else "≤ " if source.startswith("file times") else ""
-    return f"{bound}{seed['wall_time_s'] / 3600:.2f} h"
+    """``1.23 h``; ``≥ 1.23 h`` for a lower bound (a partly timed run), ``≤ 1.23 h`` for an upper bound (the run
+    folder's file times, which include interruptions and the final test)."""
+    return f"{WALL_TIME_BOUNDS[seed.get('wall_time_bound', 'exact')]}{seed['wall_time_s'] / 3600:.2f} h"
 
 
 def render(results_dir: Path) -> str:

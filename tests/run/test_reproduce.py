@@ -219,3 +219,49 @@ def test_make_reproduce_then_make_results(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "synthetic-12-6" in (tmp_path / "results" / "README.md").read_text()
+
+
+def test_collecting_a_new_seed_keeps_the_committed_seeds_whose_folders_are_gone(
+    group: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh checkout holds the committed results file but only the run folder of the seed trained since."""
+    import shutil
+
+    name = "synthetic-12-6"
+    before = json.loads((group / "results" / f"{name}.json").read_text())
+    root = tmp_path / "checkout"
+    shutil.copytree(group / "reproduce" / name / "seed2", root / "reproduce" / name / "seed2")
+    (root / "results").mkdir()
+    shutil.copy(group / "results" / f"{name}.json", root / "results" / f"{name}.json")
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda c: pytest.fail("stm3 results must not train"))
+    assert main(["results", *request_args(root)]) == 0
+    doc = json.loads((root / "results" / f"{name}.json").read_text())
+    old1, new1 = before["seeds"][0], doc["seeds"][0]
+    assert [s["seed"] for s in doc["seeds"]] == [1, 2]
+    assert new1["record_source"].startswith("kept from the committed results file")
+    assert doc["seeds"][1]["record_source"] == "run folder" and doc["seeds"][1]["run_dir"].startswith(str(root))
+    assert {k: v for k, v in new1.items() if k != "record_source"} == {
+        k: v for k, v in old1.items() if k != "record_source"
+    }
+    assert doc["mean_std"] == before["mean_std"] and doc["per_epoch"] == before["per_epoch"]
+    assert doc["protocol_checks"] == before["protocol_checks"] and doc["commands_differ"] == []
+
+
+def test_a_results_file_that_cannot_be_kept_is_refused_untouched(
+    group: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    name = "synthetic-12-6"
+    root = tmp_path / "checkout"
+    shutil.copytree(group / "reproduce" / name / "seed2", root / "reproduce" / name / "seed2")
+    (root / "results").mkdir()
+    doc = json.loads((group / "results" / f"{name}.json").read_text())
+    del doc["per_epoch"]["seed1"]
+    path = root / "results" / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    assert main(["results", *request_args(root)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and error.count("\n") == 0
+    assert "lacks 'seed1' needed to keep its seeds beside the new ones" in error and "move the file aside" in error
+    assert json.loads(path.read_text()) == doc

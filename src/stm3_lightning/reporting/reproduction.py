@@ -6,6 +6,9 @@ best-validation checkpoint's test metrics re-scored at the run's ``eval_seed`` (
 ``metrics.horizons``), best epoch, epochs run, why training stopped, wall time, machine, and the validation (and,
 when recorded, test) curve per epoch; over seeds: mean ± sample std; the budget against the release's schedule; the
 exact command; and the protocol checks of :mod:`stm3_lightning.reporting.protocol_checks`. Epochs are 1-based.
+
+Results files are committed and run folders are not, so a seed already in the results file whose folder is not here
+(trained in an earlier checkout) is kept as recorded, marked ``record_source``, when new seeds are collected.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ CURVE_COLUMNS: dict[str, str] = {
     "test_curve/mape": "test_mape",
 }
 REPORT_METRICS: tuple[str, ...] = ("mae", "rmse", "mape")
+# A run's own check name -> its section in the results file's ``protocol_checks``.
+CHECK_SECTIONS: dict[str, str] = {
+    "router_noise": "router_noise_at_eval",
+    "eval_seeds": "eval_seed_spread",
+    "split": "split",
+}
+FROM_RUN = "run folder"
+KEPT = "kept from the committed results file (its run folder is not on this machine)"
+# Keys of a seed record that the results file keeps elsewhere (per_epoch, protocol_checks) or not at all.
+INTERNAL_KEYS: tuple[str, ...] = ("curves", "checks", "args")
 
 
 def seed_dirs(group: Path) -> list[tuple[int, Path]]:
@@ -159,9 +172,61 @@ def seed_record(seed: int, run_dir: Path, request: ReproduceRequest) -> dict[str
         "machine_source": "recorded by the run"
         if machine
         else "this machine at collect time (not recorded by the run)",
+        "record_source": FROM_RUN,
         "curves": curves,
         "checks": checks,
+        "args": command_args(cfg, request.data),
     }
+
+
+def doc_args(doc: dict[str, Any]) -> list[str]:
+    """The overrides of a results file's ``stm3`` command (what follows ``data=``, ``seeds=`` and ``variant=``)."""
+    fixed = ("data=", "seeds=", "variant=")
+    return [a for a in shlex.split(doc["command"]["stm3"])[2:] if not a.startswith(fixed)]
+
+
+def kept_record(doc: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
+    """A seed record rebuilt from a results file: its metrics, curves, protocol checks and command overrides."""
+    checks_doc = doc["protocol_checks"]
+    number = seed["seed"]
+
+    def row(section: str) -> dict[str, Any] | None:
+        rows = [r for r in checks_doc[section]["per_seed"] if r["seed"] == number]
+        return {k: v for k, v in rows[0].items() if k != "seed"} if rows else None
+
+    averaging = row("rmse_averaging") or {}
+    checks: dict[str, Any] = {
+        "test": {
+            "metrics": seed["test"],
+            "eval_seed": seed["eval_seed"],
+            "release_per_batch": averaging["release_per_batch"],
+            "global": averaging["global"],
+        }
+    }
+    checks.update({name: found for name, section in CHECK_SECTIONS.items() if (found := row(section)) is not None})
+    differ = [d["args"] for d in doc.get("commands_differ", []) if d["seed"] == number]
+    return {
+        **seed,
+        "record_source": KEPT,
+        "curves": doc["per_epoch"][f"seed{number}"],
+        "checks": checks,
+        "args": differ[0] if differ else doc_args(doc),
+    }
+
+
+def kept_records(path: Path, present: set[int]) -> list[dict[str, Any]]:
+    """The seed records of the results file at ``path`` whose seeds have no finished run folder here (``present``):
+    results files are committed, run folders are not, so collecting a new seed must not drop the earlier ones."""
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    try:
+        return [kept_record(doc, s) for s in doc["seeds"] if s["seed"] not in present]
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ConfigError(
+            f"{path} lacks {err} needed to keep its seeds beside the new ones; restore their run folders, or move "
+            "the file aside to collect only the seeds whose folders are here."
+        ) from err
 
 
 def mean_std(values: list[float]) -> dict[str, float | int | None]:
@@ -267,9 +332,9 @@ def protocol_checks(records: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "checkpoint_selection": _with_mean(selection, "delta_mae"),
         "rmse_averaging": _with_mean(averaging, "delta_rmse"),
-        "router_noise_at_eval": _with_mean(_per_seed(records, "router_noise"), "delta_mae"),
-        "eval_seed_spread": _with_mean(_per_seed(records, "eval_seeds"), "range"),
-        "split": {"per_seed": _per_seed(records, "split")},
+        CHECK_SECTIONS["router_noise"]: _with_mean(_per_seed(records, "router_noise"), "delta_mae"),
+        CHECK_SECTIONS["eval_seeds"]: _with_mean(_per_seed(records, "eval_seeds"), "range"),
+        CHECK_SECTIONS["split"]: {"per_seed": _per_seed(records, "split")},
         "scaler": {"status": SCALER_NOTE},
     }
     return out
@@ -291,6 +356,8 @@ def build_results(request: ReproduceRequest) -> dict[str, Any]:
             "with the same ARGS first."
         )
     records = [seed_record(seed, path, request) for seed, path in finished]
+    records += kept_records(request.results_dir / f"{group.name}.json", {s for s, _ in finished})
+    records.sort(key=lambda r: r["seed"])
     cfg = effective_config(finished[0][1])
     args = command_args(cfg, request.data)
     seeds = [r["seed"] for r in records]
@@ -305,15 +372,11 @@ def build_results(request: ReproduceRequest) -> dict[str, Any]:
         "experiment": cfg.choices.get("experiment", ""),
         "protocol": protocol(cfg),
         "budget": budget(records, cfg),
-        "seeds": [{k: v for k, v in r.items() if k not in ("curves", "checks")} for r in records],
+        "seeds": [{k: v for k, v in r.items() if k not in INTERNAL_KEYS} for r in records],
         "unfinished_seeds": [s for s, p in folders if (s, p) not in finished],
         "mean_std": {k: mean_std([r["test"][k] for r in records]) for k in keys},
         "command": commands(request.data, seeds, request.variant, args),
-        "commands_differ": [
-            {"seed": r["seed"], "args": a}
-            for r in records
-            if (a := command_args(effective_config(Path(r["run_dir"])), request.data)) != args
-        ],
+        "commands_differ": [{"seed": r["seed"], "args": r["args"]} for r in records if r["args"] != args],
         "per_epoch": {f"seed{r['seed']}": r["curves"] for r in records},
         "protocol_checks": protocol_checks(records),
     }

@@ -239,7 +239,9 @@ def test_collecting_a_new_seed_keeps_the_committed_seeds_whose_folders_are_gone(
     old1, new1 = before["seeds"][0], doc["seeds"][0]
     assert [s["seed"] for s in doc["seeds"]] == [1, 2]
     assert new1["record_source"].startswith("kept from the committed results file")
-    assert doc["seeds"][1]["record_source"] == "run folder" and doc["seeds"][1]["run_dir"].startswith(str(root))
+    assert doc["seeds"][1]["record_source"] == "run folder" and doc["seeds"][1]["run_dir"].startswith(
+        str(root)
+    )
     assert {k: v for k, v in new1.items() if k != "record_source"} == {
         k: v for k, v in old1.items() if k != "record_source"
     }
@@ -263,5 +265,8 @@ def test_a_results_file_that_cannot_be_kept_is_refused_untouched(
     assert main(["results", *request_args(root)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and error.count("\n") == 0
-    assert "lacks 'seed1' needed to keep its seeds beside the new ones" in error and "move the file aside" in error
+    assert (
+        "lacks 'seed1' needed to keep its seeds beside the new ones" in error
+        and "move the file aside" in error
+    )
     assert json.loads(path.read_text()) == doc

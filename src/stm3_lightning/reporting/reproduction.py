@@ -203,7 +203,9 @@ def kept_record(doc: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
             "global": averaging["global"],
         }
     }
-    checks.update({name: found for name, section in CHECK_SECTIONS.items() if (found := row(section)) is not None})
+    checks.update(
+        {name: found for name, section in CHECK_SECTIONS.items() if (found := row(section)) is not None}
+    )
     differ = [d["args"] for d in doc.get("commands_differ", []) if d["seed"] == number]
     return {
         **seed,

@@ -270,3 +270,61 @@ def test_a_results_file_that_cannot_be_kept_is_refused_untouched(
         and "move the file aside" in error
     )
     assert json.loads(path.read_text()) == doc
+
+
+def test_a_larger_budget_continues_a_finished_seed_that_its_budget_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "extend"
+    runner = InProcess()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    args = ["seeds=4", *request_args(root), "checks=", "eval_seeds=0"]
+    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    run = root / "reproduce" / "synthetic-12-6" / "seed4"
+    first = json.loads((run / "test_metrics.json").read_text())
+    assert main(["reproduce", *args, "trainer.max_epochs=3", "dry_run=true"]) == 0
+    assert "would continue (dry run) to 3" in capsys.readouterr().out and len(runner.commands) == 1
+    assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
+    assert "ran its budget of 1 epochs; continuing to 3 from last.ckpt" in capsys.readouterr().out
+    assert runner.commands[-1][0] == f"resume={run}" and len(runner.commands) == 2
+    assert json.loads((run / "test_metrics.max_epochs-1.json").read_text()) == first
+    doc = json.loads((root / "results" / "synthetic-12-6.json").read_text())
+    assert doc["seeds"][0]["epochs_run"] == 3 and doc["seeds"][0]["max_epochs"] == 3
+    assert doc["per_epoch"]["seed4"]["epoch"] == [1, 2, 3]
+    assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0  # finished at 3: nothing to do
+    assert main(["reproduce", *args, "trainer.max_epochs=2"]) == 0  # a smaller budget never reopens
+    assert len(runner.commands) == 2 and (run / "test_metrics.json").is_file()
+
+
+def test_a_seed_that_early_stopping_ended_is_not_continued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stm3_lightning.reporting import reproduction
+
+    root = tmp_path / "stopped"
+    runner = InProcess()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    args = ["seeds=5", *request_args(root), "checks=", "eval_seeds=0"]
+    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    monkeypatch.setattr(reproduction, "stopped_by", lambda *a: "early stopping")
+    assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
+    assert "stopped by early stopping after 1 epochs, so trainer.max_epochs=3 does not continue it" in (
+        capsys.readouterr().out
+    )
+    assert len(runner.commands) == 1
+    assert (root / "reproduce" / "synthetic-12-6" / "seed5" / "test_metrics.json").is_file()
+
+
+def test_a_finished_seed_without_last_checkpoint_is_refused_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "nolast"
+    monkeypatch.setattr(reproduce.subprocess, "call", InProcess())
+    args = ["seeds=6", *request_args(root), "checks=", "eval_seeds=0"]
+    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    run = root / "reproduce" / "synthetic-12-6" / "seed6"
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "has no checkpoints/last.ckpt to continue to 3 from" in error
+    assert (run / "test_metrics.json").is_file()

@@ -5,7 +5,9 @@
 each in ``<root_dir>/reproduce/<name>-<L>-<H>[-<variant>]/seed<k>/`` (L, H: the resolved ``data.input_len`` and
 ``data.horizon``) and in its own process. It is resumable: a seed whose folder holds ``test_metrics.json`` is
 skipped, one that holds a run but no results (killed, preempted) is continued with ``stm3 train resume=<folder>``
-and the same overrides (so e.g. a larger ``trainer.max_epochs`` applies to it);
+and the same overrides (so e.g. a larger ``trainer.max_epochs`` applies to it); a finished seed that its budget
+stopped (not early stopping) is continued the same way when a larger ``trainer.max_epochs`` is asked for, its
+earlier ``test_metrics.json`` kept as ``test_metrics.max_epochs-<old>.json`` (:func:`reopen_for_longer_budget`);
 ``callbacks.checkpoint.every_n_train_steps`` defaults to :data:`STEP_CHECKPOINT_INTERVAL` so a kill loses little,
 and ``callbacks.test_every_epoch`` defaults to true (the test curve the protocol checks need). A folder holding a
 run of another configuration is refused (name the new one with ``variant=``). Afterwards the finished seeds are
@@ -15,6 +17,7 @@ is regenerated.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,9 +203,46 @@ def check_same_configuration(cell: Cell) -> None:
         )
 
 
+def reopen_for_longer_budget(cell: Cell, dry_run: bool = False) -> str | None:
+    """Let a larger ``trainer.max_epochs`` continue a finished seed that its budget stopped.
+
+    A seed that ran its whole (smaller) budget without early stopping gets its ``test_metrics.json`` renamed to
+    ``test_metrics.max_epochs-<old>.json``, so the grid resumes it from ``checkpoints/last.ckpt``; one that early
+    stopping ended is left finished. Returns what was decided, or ``None`` when the budget asked for is not larger.
+    """
+    from stm3_lightning.reporting.reproduction import best_epoch, effective_config, read_curves, stopped_by
+
+    results = cell.run_dir / "test_metrics.json"
+    if not results.is_file():
+        return None
+    saved = effective_config(cell.run_dir)
+    old, wanted = int(saved.trainer.max_epochs), int(compose(cell.args).trainer.max_epochs)
+    if wanted <= old:
+        return None
+    epochs = len(read_curves(cell.run_dir / "csv" / "metrics.csv")["epoch"])
+    es = saved.callbacks.early_stopping
+    best = best_epoch(str(json.loads(results.read_text()).get("checkpoint", "")))
+    reason = stopped_by(epochs, old, best, es.patience, es.enabled)
+    where = f"{cell.label} seed {cell.seed}"
+    if reason != "max_epochs":
+        return f"{where}: stopped by {reason} after {epochs} epochs, so trainer.max_epochs={wanted} does not continue it"
+    if not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(
+            f"{cell.run_dir} finished its {old} epochs but has no checkpoints/last.ckpt to continue to {wanted} from; "
+            f"keep trainer.max_epochs={old}, or delete that folder to retrain the seed from scratch."
+        )
+    kept = cell.run_dir / f"test_metrics.max_epochs-{old}.json"
+    if not dry_run:
+        results.rename(kept)
+    verb = "would continue (dry run)" if dry_run else "continuing"
+    return f"{where}: ran its budget of {old} epochs; {verb} to {wanted} from last.ckpt (earlier results: {kept.name})"
+
+
 def train_seeds(request: ReproduceRequest, runner: Runner | None = None) -> GridOutcome:
     """Train (or continue, or skip) every seed of ``request``, each in its own process (``subprocess.call``)."""
     cells = plan_seeds(request)
     for cell in cells:
         check_same_configuration(cell)
+        if note := reopen_for_longer_budget(cell, request.dry_run):
+            print(note, flush=True)
     return run_grid(cells, runner=runner or subprocess.call, dry_run=request.dry_run, resume_overrides=True)

@@ -194,3 +194,40 @@ def test_a_partial_test_curve_is_named_in_the_selection_sentence() -> None:
     doc["protocol_checks"]["checkpoint_selection"]["per_seed"][0]["coverage"] = "test curve at 8 of 15 epochs"
     line = protocol_lines(doc)[0]
     assert "16.00 → 15.50 (best of the test curve at 8 of 15 epochs))" in line
+
+
+def curve(val: list[float], test: list[float | None]) -> dict:
+    return {"epoch": list(range(1, len(val) + 1)), "val_mae": val, "test_mae": test}
+
+
+def test_a_variant_is_compared_with_the_faithful_runs_cut_to_its_epochs(results: Path) -> None:
+    from stm3_lightning.reporting.results_table import budget_matched
+
+    base = json.loads((results / "pems08-12-12.json").read_text())
+    base["per_epoch"] = {
+        # seed 1: test curve only from epoch 3; seed 2: everywhere
+        "seed1": curve([22.0, 21.0, 21.5, 19.0], [None, None, 20.5, 18.0]),
+        "seed2": curve([23.0, 22.5, 22.0, 18.5], [23.5, 23.0, 22.4, 18.2]),
+    }
+    (results / "pems08-12-12.json").write_text(json.dumps(base))
+    variant = doc("pems08-12-12-repaired", "pems08", 12, [{**seed(1, 19.9, 30.0), "epochs_run": 3}])
+    variant["variant"] = "repaired"
+    variant["per_epoch"] = {"seed1": curve([21.8, 20.2, 20.6], [22.1, 20.9, 21.0])}
+    (results / "pems08-12-12-repaired.json").write_text(json.dumps(variant))
+    assert budget_matched(base["per_epoch"]["seed1"], 3) == {"epoch": 2, "val_mae": 21.0, "test_mae": None}
+    assert budget_matched(variant["per_epoch"]["seed1"], 4) is None
+    text = render(results)
+    section = text.split("## Paper-intent variants at the same budget")[1].split("## Seeds")[0]
+    assert (
+        "`pems08-12-12-repaired` vs `pems08-12-12` cut to the first 3 epochs (validation-selected epoch within them; "
+        "test MAE from the test curve at that epoch): validation MAE 20.20 (seed 1: 20.20) vs 21.50 ± 0.71 "
+        "(seed 1: 21.00, seed 2: 22.00); test MAE 20.90 (seed 1: 20.90) vs 22.40 (seed 2: 22.40)."
+    ) in section
+    assert "| STM3 (this repo, repaired) | 19.90 |" in text.split("### pems08 12→12")[1].split("###")[0]
+
+
+def test_no_variant_section_without_a_faithful_run_to_compare_with(results: Path) -> None:
+    variant = doc("etth1-96-96-time", "etth1", 48, [seed(1, 0.4, 0.6)], units="z-scored")
+    variant["variant"], variant["per_epoch"] = "time", {"seed1": curve([0.5] * 15, [0.5] * 15)}
+    (results / "etth1-48-48-time.json").write_text(json.dumps(variant))
+    assert "## Paper-intent variants" not in render(results)

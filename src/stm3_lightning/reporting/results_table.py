@@ -244,6 +244,67 @@ def horizon_line(docs: list[dict]) -> list[str]:
     return [f"- horizon (not stated for the paper's number): this repo's STM3 test MAE {parts}."]
 
 
+def budget_matched(curves: dict[str, list], epochs: int) -> dict[str, Any] | None:
+    """The validation-selected epoch among a run's first ``epochs`` epochs, its validation MAE and its test MAE from
+    the test curve (``None`` where that epoch has no test point); ``None`` when the run has fewer epochs.
+
+    curves: a results file's ``per_epoch`` entry (``epoch``, ``val_mae``, ``test_mae`` lists, 1-based epochs).
+    """
+    first = [i for i, e in enumerate(curves.get("epoch", [])) if e <= epochs]
+    if len(first) < epochs:
+        return None
+    best = min(first, key=lambda i: curves["val_mae"][i])
+    return {
+        "epoch": curves["epoch"][best],
+        "val_mae": curves["val_mae"][best],
+        "test_mae": curves["test_mae"][best],
+    }
+
+
+def _values_text(rows: list[tuple[int, float]]) -> str:
+    """``a ± b (seed 1: x, seed 2: y)`` of (seed, value) pairs, or ``not recorded``."""
+    if not rows:
+        return "not recorded"
+    values = [v for _, v in rows]
+    per_seed = ", ".join(f"seed {k}: {v:.2f}" for k, v in rows)
+    return f"{mean_pm(values)} ({per_seed})"
+
+
+def _faithful_of(variant: dict, docs: list[dict]) -> dict | None:
+    """The results document without a variant of ``variant``'s dataset and window, if any."""
+    setting = (variant["dataset"], variant["input_len"], variant["horizon"])
+    same = [d for d in docs if not d["variant"] and (d["dataset"], d["input_len"], d["horizon"]) == setting]
+    return same[0] if same else None
+
+
+def _matched(doc: dict, epochs: int) -> list[tuple[int, dict]]:
+    """(seed, :func:`budget_matched` pick) of every seed of ``doc`` that ran at least ``epochs`` epochs."""
+    picks = [(s["seed"], budget_matched(doc["per_epoch"][f"seed{s['seed']}"], epochs)) for s in doc["seeds"]]
+    return [(k, m) for k, m in picks if m is not None]
+
+
+def variant_lines(docs: list[dict]) -> list[str]:
+    """Each variant against the faithful runs of its setting cut to the variant's epochs, from the per-epoch curves:
+    validation-selected epoch within that budget, its validation MAE and (where recorded) its test-curve MAE."""
+    out = []
+    for var in (d for d in docs if d["variant"]):
+        base = _faithful_of(var, docs)
+        epochs = min(s["epochs_run"] for s in var["seeds"])
+        mine, theirs = _matched(var, epochs), _matched(base, epochs) if base else []
+        if not mine or not theirs:
+            continue
+        parts = [
+            f"{label} {_values_text([(k, m[key]) for k, m in mine if m[key] is not None])} vs "
+            f"{_values_text([(k, m[key]) for k, m in theirs if m[key] is not None])}"
+            for label, key in (("validation MAE", "val_mae"), ("test MAE", "test_mae"))
+        ]
+        out.append(
+            f"- `{var['name']}` vs `{base['name']}` cut to the first {epochs} epochs (validation-selected epoch "
+            f"within them; test MAE from the test curve at that epoch): {'; '.join(parts)}."
+        )
+    return out
+
+
 def seed_table(docs: list[dict]) -> str:
     header = [
         "results",
@@ -318,6 +379,16 @@ def render(results_dir: Path) -> str:
             "Measured on the committed runs (each detail changed alone, same checkpoint or same predictions):",
             "",
             *dict.fromkeys(why),
+            "",
+        ]
+    variants = variant_lines(docs)
+    if variants:
+        parts += [
+            "## Paper-intent variants at the same budget",
+            "",
+            "Each variant next to the faithful runs of its setting over the same number of epochs (variant first):",
+            "",
+            *variants,
             "",
         ]
     if docs:

@@ -231,3 +231,17 @@ def test_no_variant_section_without_a_faithful_run_to_compare_with(results: Path
     variant["variant"], variant["per_epoch"] = "time", {"seed1": curve([0.5] * 15, [0.5] * 15)}
     (results / "etth1-48-48-time.json").write_text(json.dumps(variant))
     assert "## Paper-intent variants" not in render(results)
+
+
+def test_curves_per_epoch_show_every_seed_with_gaps_marked(results: Path) -> None:
+    base = json.loads((results / "pems08-12-12.json").read_text())
+    base["per_epoch"] = {
+        "seed1": curve([22.0, 21.0, 21.5], [None, None, 20.5]),
+        "seed2": curve([23.0, 22.5], [23.5, 23.0]),
+    }
+    (results / "pems08-12-12.json").write_text(json.dumps(base))
+    text = render(results).split("## Curves per epoch")[1].split("## Commands")[0]
+    table = text.split("#### `pems08-12-12`")[1]
+    assert "| epoch | seed 1 val MAE | seed 1 test MAE | seed 2 val MAE | seed 2 test MAE |" in table
+    assert "| 1 | 22.00 | – | 23.00 | 23.50 |" in table and "| 3 | 21.50 | 20.50 | – | – |" in table
+    assert "#### `etth1-96-96`" not in text  # no per-epoch curves in that file

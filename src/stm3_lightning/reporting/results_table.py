@@ -337,6 +337,22 @@ def seed_table(docs: list[dict]) -> str:
     return markdown(header, rows)
 
 
+def curve_table(doc: dict) -> str:
+    """Validation and test-curve MAE per epoch and seed of one results document (``–`` where not logged)."""
+    digits = 3 if z_scored(doc) else 2
+    seeds = [s["seed"] for s in doc["seeds"]]
+    curves = [doc["per_epoch"][f"seed{k}"] for k in seeds]
+    header = ["epoch", *(f"seed {k} {split} MAE" for k in seeds for split in ("val", "test"))]
+    rows = []
+    for epoch in range(1, max(max(c["epoch"], default=0) for c in curves) + 1):
+        cells = [str(epoch)]
+        for c in curves:
+            i = c["epoch"].index(epoch) if epoch in c["epoch"] else None
+            cells += [fmt(None if i is None else c[key][i], digits) for key in ("val_mae", "test_mae")]
+        rows.append(cells)
+    return f"#### `{doc['name']}`\n\n" + markdown(header, rows)
+
+
 WALL_TIME_BOUNDS: dict[str, str] = {"exact": "", "lower": "≥ ", "upper": "≤ "}
 
 
@@ -393,6 +409,16 @@ def render(results_dir: Path) -> str:
         ]
     if docs:
         parts += ["## Seeds", "", seed_table(docs), ""]
+    curves = [curve_table(d) for d in docs if d.get("per_epoch")]
+    if curves:
+        parts += [
+            "## Curves per epoch",
+            "",
+            "Validation MAE and test MAE (the test curve, `callbacks.test_every_epoch`; never used for selection) "
+            "after every epoch of every seed.",
+            "",
+            *(part for table in curves for part in (table, "")),
+        ]
     commands = [f"- `{d['name']}`: `{d['command']['make']}`" for d in docs]
     if commands:
         parts += ["## Commands", "", *commands, ""]

@@ -245,3 +245,10 @@ def test_curves_per_epoch_show_every_seed_with_gaps_marked(results: Path) -> Non
     assert "| epoch | seed 1 val MAE | seed 1 test MAE | seed 2 val MAE | seed 2 test MAE |" in table
     assert "| 1 | 22.00 | – | 23.00 | 23.50 |" in table and "| 3 | 21.50 | 20.50 | – | – |" in table
     assert "#### `etth1-96-96`" not in text  # no per-epoch curves in that file
+
+
+def test_the_committed_report_is_what_the_committed_results_files_give() -> None:
+    committed = Path(__file__).resolve().parents[2] / "results"
+    assert (committed / "README.md").read_text() == render(committed), (
+        "results/README.md is stale or edited by hand; regenerate it with `make results`."
+    )

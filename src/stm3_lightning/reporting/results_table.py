@@ -238,10 +238,15 @@ def horizon_line(docs: list[dict]) -> list[str]:
     if len(pems) < 2:
         return []
     parts = ", ".join(
-        f"{d['input_len']}→{d['horizon']}: {statistics.fmean(s['test']['mae'] for s in d['seeds']):.2f}"
+        f"{d['input_len']}→{d['horizon']}: {statistics.fmean(s['test']['mae'] for s in d['seeds']):.2f} "
+        f"({'/'.join(str(s['epochs_run']) for s in d['seeds'])} epochs"
+        f"{', budget-limited' if d['budget']['budget_limited'] else ''})"
         for d in pems
     )
-    return [f"- horizon (not stated for the paper's number): this repo's STM3 test MAE {parts}."]
+    return [
+        f"- horizon (not stated for the paper's number): this repo's STM3 test MAE {parts}; compare horizons only "
+        "at equal budgets."
+    ]
 
 
 def budget_matched(curves: dict[str, list], epochs: int) -> dict[str, Any] | None:

@@ -266,10 +266,13 @@ def test_a_results_file_that_cannot_be_kept_is_refused_untouched(
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and error.count("\n") == 0
     assert (
-        "lacks 'seed1' needed to keep its seeds beside the new ones" in error
-        and "move the file aside" in error
+        "cannot be kept beside the new seeds (KeyError: 'seed1')" in error and "move the file aside" in error
     )
     assert json.loads(path.read_text()) == doc
+    path.write_text("{not json")
+    assert main(["results", *request_args(root)]) == 2
+    assert "cannot be kept beside the new seeds (JSONDecodeError" in capsys.readouterr().err
+    assert path.read_text() == "{not json"
 
 
 def test_a_larger_budget_continues_a_finished_seed_that_its_budget_stopped(
@@ -283,7 +286,10 @@ def test_a_larger_budget_continues_a_finished_seed_that_its_budget_stopped(
     run = root / "reproduce" / "synthetic-12-6" / "seed4"
     first = json.loads((run / "test_metrics.json").read_text())
     assert main(["reproduce", *args, "trainer.max_epochs=3", "dry_run=true"]) == 0
-    assert "would continue (dry run) to 3" in capsys.readouterr().out and len(runner.commands) == 1
+    out = capsys.readouterr().out
+    assert "would continue (dry run) to 3" in out and f"stm3 train resume={run} " in out
+    assert "done already" not in out and len(runner.commands) == 1
+    assert sorted(p.name for p in run.glob("test_metrics*.json")) == ["test_metrics.json"]
     assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
     assert "ran its budget of 1 epochs; continuing to 3 from last.ckpt" in capsys.readouterr().out
     assert runner.commands[-1][0] == f"resume={run}" and len(runner.commands) == 2
@@ -308,23 +314,80 @@ def test_a_seed_that_early_stopping_ended_is_not_continued(
     assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
     monkeypatch.setattr(reproduction, "stopped_by", lambda *a: "early stopping")
     assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
-    assert "stopped by early stopping after 1 epochs, so trainer.max_epochs=3 does not continue it" in (
-        capsys.readouterr().out
+    assert (
+        "finished after 1 epochs, where early stopping ended it, so trainer.max_epochs=3 does not continue it"
+        in (capsys.readouterr().out)
     )
     assert len(runner.commands) == 1
     assert (root / "reproduce" / "synthetic-12-6" / "seed5" / "test_metrics.json").is_file()
 
 
-def test_a_finished_seed_without_last_checkpoint_is_refused_untouched(
+def test_a_seed_without_last_checkpoint_refuses_the_whole_request_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Seed 6 could continue, seed 7 cannot: nothing is renamed and nothing trains."""
     root = tmp_path / "nolast"
-    monkeypatch.setattr(reproduce.subprocess, "call", InProcess())
-    args = ["seeds=6", *request_args(root), "checks=", "eval_seeds=0"]
+    runner = InProcess()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    args = ["seeds=6,7", *request_args(root), "checks=", "eval_seeds=0"]
     assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
-    run = root / "reproduce" / "synthetic-12-6" / "seed6"
-    (run / "checkpoints" / "last.ckpt").unlink()
+    group_dir = root / "reproduce" / "synthetic-12-6"
+    (group_dir / "seed7" / "checkpoints" / "last.ckpt").unlink()
     assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "has no checkpoints/last.ckpt to continue to 3 from" in error
-    assert (run / "test_metrics.json").is_file()
+    assert len(runner.commands) == 2
+    for seed in (6, 7):
+        assert sorted(p.name for p in (group_dir / f"seed{seed}").glob("test_metrics*.json")) == [
+            "test_metrics.json"
+        ]
+
+
+def test_a_failed_continuation_keeps_the_earlier_results_and_is_resumed_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "failed"
+    runner = InProcess()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    args = ["seeds=8", *request_args(root), "checks=", "eval_seeds=0"]
+    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    run = root / "reproduce" / "synthetic-12-6" / "seed8"
+    results = root / "results" / "synthetic-12-6.json"
+    before = results.read_text()
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda c: 137)  # killed while continuing
+    main(["reproduce", *args, "trainer.max_epochs=3"])
+    assert results.read_text() == before and (run / "test_metrics.max_epochs-1.json").is_file()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
+    assert runner.commands[-1][0] == f"resume={run}"
+    assert json.loads(results.read_text())["seeds"][0]["epochs_run"] == 3
+
+
+def test_earlier_results_are_never_overwritten(tmp_path: Path) -> None:
+    assert reproduce._kept_name(tmp_path, 5).name == "test_metrics.max_epochs-5.json"
+    (tmp_path / "test_metrics.max_epochs-5.json").write_text("{}")
+    assert reproduce._kept_name(tmp_path, 5).name == "test_metrics.max_epochs-5.2.json"
+    (tmp_path / "test_metrics.max_epochs-5.2.json").write_text("{}")
+    assert reproduce._kept_name(tmp_path, 5).name == "test_metrics.max_epochs-5.3.json"
+
+
+def test_a_committed_seed_of_another_configuration_is_refused_before_training(
+    group: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The committed file's seed 1 was trained with model.contrastive=repaired; the new seeds are faithful."""
+    name = "synthetic-12-6"
+    root = tmp_path / "checkout"
+    (root / "results").mkdir(parents=True)
+    doc = json.loads((group / "results" / f"{name}.json").read_text())
+    doc["seeds"] = doc["seeds"][:1]
+    doc["command"]["stm3"] += " model.contrastive=repaired"
+    path = root / "results" / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    text = path.read_text()
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda c: pytest.fail(f"must not train, ran {c}"))
+    assert main(["reproduce", "seeds=3", *request_args(root)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.count("\n") == 0 and "holds seed 1 of another configuration (model.contrastive unset)" in error
+    )
+    assert "VARIANT=<label>" in error and path.read_text() == text

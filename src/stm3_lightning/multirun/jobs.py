@@ -73,13 +73,16 @@ def job_state(job: GridJob) -> str:
     return "new"
 
 
-def train_args(job: GridJob, resume_overrides: bool = False) -> list[str] | None:
+def train_args(
+    job: GridJob, resume_overrides: bool = False, reopened: frozenset[Path] = frozenset()
+) -> list[str] | None:
     """The ``stm3 train`` arguments that bring ``job`` to its end: a new run, a resume, or ``None`` when done.
 
     A resume continues the saved configuration; with ``resume_overrides`` the job's arguments are passed along
-    (key=value changes such as a larger ``trainer.max_epochs`` apply, group choices must match).
+    (key=value changes such as a larger ``trainer.max_epochs`` apply, group choices must match). A job whose folder
+    is in ``reopened`` (a finished run to be continued) counts as interrupted.
     """
-    state = job_state(job)
+    state = "interrupted" if job.run_dir in reopened else job_state(job)
     if state == "done":
         return None
     if state == "interrupted":
@@ -87,9 +90,11 @@ def train_args(job: GridJob, resume_overrides: bool = False) -> list[str] | None
     return list(job.args)
 
 
-def train_command(job: GridJob, resume_overrides: bool = False) -> list[str] | None:
+def train_command(
+    job: GridJob, resume_overrides: bool = False, reopened: frozenset[Path] = frozenset()
+) -> list[str] | None:
     """The process to run for ``job`` (this Python, ``-m stm3_lightning.cli train ...``), ``None`` when done."""
-    args = train_args(job, resume_overrides)
+    args = train_args(job, resume_overrides, reopened)
     return None if args is None else [sys.executable, "-m", "stm3_lightning.cli", "train", *args]
 
 
@@ -102,13 +107,14 @@ def run_sequential(
     dry_run: bool = False,
     fail_fast: bool = False,
     resume_overrides: bool = False,
+    reopened: frozenset[Path] = frozenset(),
 ) -> list[JobResult]:
     """Run the jobs one after the other; finished jobs are skipped, a failure stops the rest only with ``fail_fast``."""
     results: list[JobResult] = []
     stopped = False
     for i, job in enumerate(jobs, 1):
         label = f"[{i}/{len(jobs)}] {job.label}"
-        command = train_command(job, resume_overrides)
+        command = train_command(job, resume_overrides, reopened)
         if command is None:
             print(f"{label}: done already ({job.run_dir}), skipped", flush=True)
             results.append(JobResult(job, Status.SKIPPED))

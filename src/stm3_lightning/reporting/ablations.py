@@ -261,10 +261,12 @@ def run_grid(
     runner: Runner = subprocess.call,
     dry_run: bool = False,
     resume_overrides: bool = False,
+    reopened: frozenset[Path] = frozenset(),
 ) -> GridOutcome:
     """Run the cells sequentially (a failed cell is reported and the grid goes on); finished cells are skipped;
-    with ``resume_overrides`` an interrupted cell resumes with its arguments (e.g. a larger max_epochs)."""
-    results = run_sequential(cells, runner, dry_run, resume_overrides=resume_overrides)
+    with ``resume_overrides`` an interrupted cell resumes with its arguments (e.g. a larger max_epochs);
+    ``reopened`` run folders count as interrupted (see :func:`stm3_lightning.multirun.jobs.train_args`)."""
+    results = run_sequential(cells, runner, dry_run, resume_overrides=resume_overrides, reopened=reopened)
 
     def having(status: Status) -> list[Cell]:
         return [r.job for r in results if r.status is status]  # type: ignore[misc]

@@ -27,7 +27,7 @@ from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_
 from stm3_lightning.reporting.ablations import base_args
 from stm3_lightning.reporting.protocol_checks import SCALER_NOTE, run_checks, selection_check
 from stm3_lightning.run.machine import machine_info
-from stm3_lightning.run.reproduce import RUN_DEFAULTS, ReproduceRequest, group_dir, settings
+from stm3_lightning.run.reproduce import MUTABLE_PREFIXES, RUN_DEFAULTS, ReproduceRequest, group_dir, settings
 from stm3_lightning.run.results import atomic_write_text
 
 # The release's schedule (reference §4): 100 epochs, early stopping patience 15 on validation loss.
@@ -216,19 +216,39 @@ def kept_record(doc: dict[str, Any], seed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def kept_records(path: Path, present: set[int]) -> list[dict[str, Any]]:
-    """The seed records of the results file at ``path`` whose seeds have no finished run folder here (``present``):
-    results files are committed, run folders are not, so collecting a new seed must not drop the earlier ones."""
+def kept_records(path: Path, present: set[int], args: list[str]) -> list[dict[str, Any]]:
+    """The seed records of the results file at ``path`` whose seeds have no run folder here (``present``): results
+    files are committed, run folders are not, so collecting a new seed must not drop the earlier ones. ``args``: the
+    overrides of the seeds collected now; a kept seed of another configuration is refused (see
+    :func:`configuration_differences`)."""
     if not path.is_file():
         return []
-    doc = json.loads(path.read_text())
     try:
-        return [kept_record(doc, s) for s in doc["seeds"] if s["seed"] not in present]
+        doc = json.loads(path.read_text())
+        kept = [kept_record(doc, s) for s in doc["seeds"] if s["seed"] not in present]
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise ConfigError(
-            f"{path} lacks {err} needed to keep its seeds beside the new ones; restore their run folders, or move "
-            "the file aside to collect only the seeds whose folders are here."
+            f"{path} cannot be kept beside the new seeds ({type(err).__name__}: {err}); restore its seeds' run "
+            "folders, or move the file aside to collect only the seeds whose folders are here."
         ) from err
+    for record in kept:
+        if differ := configuration_differences(record["args"], args):
+            raise ConfigError(
+                f"{path} holds seed {record['seed']} of another configuration ({', '.join(differ)}) than the seeds "
+                "collected now; name the new runs with VARIANT=<label>, or move that file aside."
+            )
+    return kept
+
+
+def configuration_differences(kept: list[str], new: list[str]) -> list[str]:
+    """The ``key=value`` overrides of ``new`` (or keys of ``kept``) that make them different configurations; the
+    budget and bookkeeping keys a continued seed may change (:data:`MUTABLE_PREFIXES`) do not count."""
+
+    def fixed(args: list[str]) -> dict[str, str]:
+        return {a.split("=", 1)[0]: a for a in args if not a.startswith(MUTABLE_PREFIXES)}
+
+    old, now = fixed(kept), fixed(new)
+    return sorted(now.get(k, f"{k} unset") for k in old.keys() | now.keys() if old.get(k) != now.get(k))
 
 
 def mean_std(values: list[float]) -> dict[str, float | int | None]:
@@ -358,10 +378,10 @@ def build_results(request: ReproduceRequest) -> dict[str, Any]:
             "with the same ARGS first."
         )
     records = [seed_record(seed, path, request) for seed, path in finished]
-    records += kept_records(request.results_dir / f"{group.name}.json", {s for s, _ in finished})
-    records.sort(key=lambda r: r["seed"])
     cfg = effective_config(finished[0][1])
     args = command_args(cfg, request.data)
+    records += kept_records(request.results_dir / f"{group.name}.json", {s for s, _ in folders}, args)
+    records.sort(key=lambda r: r["seed"])
     seeds = [r["seed"] for r in records]
     keys = [k for k in records[0]["test"]]
     return {

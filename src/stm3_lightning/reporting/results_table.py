@@ -239,7 +239,7 @@ def horizon_line(docs: list[dict]) -> list[str]:
         return []
     parts = ", ".join(
         f"{d['input_len']}→{d['horizon']}: {statistics.fmean(s['test']['mae'] for s in d['seeds']):.2f} "
-        f"({'/'.join(str(s['epochs_run']) for s in d['seeds'])} epochs"
+        f"(epochs run {'/'.join(str(s['epochs_run']) for s in d['seeds'])}"
         f"{', budget-limited' if d['budget']['budget_limited'] else ''})"
         for d in pems
     )
@@ -284,7 +284,8 @@ def _faithful_of(variant: dict, docs: list[dict]) -> dict | None:
 
 def _matched(doc: dict, epochs: int) -> list[tuple[int, dict]]:
     """(seed, :func:`budget_matched` pick) of every seed of ``doc`` that ran at least ``epochs`` epochs."""
-    picks = [(s["seed"], budget_matched(doc["per_epoch"][f"seed{s['seed']}"], epochs)) for s in doc["seeds"]]
+    curves = doc.get("per_epoch") or {}
+    picks = [(s["seed"], budget_matched(curves.get(f"seed{s['seed']}", {}), epochs)) for s in doc["seeds"]]
     return [(k, m) for k, m in picks if m is not None]
 
 
@@ -295,6 +296,8 @@ def variant_lines(docs: list[dict]) -> list[str]:
     for var in (d for d in docs if d["variant"]):
         base = _faithful_of(var, docs)
         epochs = min(s["epochs_run"] for s in var["seeds"])
+        if epochs < 1:
+            continue
         mine, theirs = _matched(var, epochs), _matched(base, epochs) if base else []
         if not mine or not theirs:
             continue

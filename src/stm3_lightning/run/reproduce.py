@@ -7,7 +7,7 @@ each in ``<root_dir>/reproduce/<name>-<L>-<H>[-<variant>]/seed<k>/`` (L, H: the 
 skipped, one that holds a run but no results (killed, preempted) is continued with ``stm3 train resume=<folder>``
 and the same overrides (so e.g. a larger ``trainer.max_epochs`` applies to it); a finished seed that its budget
 stopped (not early stopping) is continued the same way when a larger ``trainer.max_epochs`` is asked for, its
-earlier ``test_metrics.json`` kept as ``test_metrics.max_epochs-<old>.json`` (:func:`reopen_for_longer_budget`);
+earlier ``test_metrics.json`` kept as ``test_metrics.max_epochs-<old>.json`` (:func:`plan_reopening`);
 ``callbacks.checkpoint.every_n_train_steps`` defaults to :data:`STEP_CHECKPOINT_INTERVAL` so a kill loses little,
 and ``callbacks.test_every_epoch`` defaults to true (the test curve the protocol checks need). A folder holding a
 run of another configuration is refused (name the new one with ``variant=``). Afterwards the finished seeds are
@@ -203,12 +203,42 @@ def check_same_configuration(cell: Cell) -> None:
         )
 
 
-def reopen_for_longer_budget(cell: Cell, dry_run: bool = False) -> str | None:
-    """Let a larger ``trainer.max_epochs`` continue a finished seed that its budget stopped.
+@dataclass(frozen=True)
+class Reopening:
+    """A finished seed that a larger ``trainer.max_epochs`` continues: its results move to ``kept`` first."""
 
-    A seed that ran its whole (smaller) budget without early stopping gets its ``test_metrics.json`` renamed to
-    ``test_metrics.max_epochs-<old>.json``, so the grid resumes it from ``checkpoints/last.ckpt``; one that early
-    stopping ended is left finished. Returns what was decided, or ``None`` when the budget asked for is not larger.
+    cell: Cell
+    old: int
+    wanted: int
+    kept: Path
+
+    def apply(self) -> None:
+        """Move ``test_metrics.json`` aside, so the seed is an interrupted run that the grid resumes."""
+        (self.cell.run_dir / "test_metrics.json").rename(self.kept)
+
+
+def _kept_name(run_dir: Path, old: int) -> Path:
+    """``test_metrics.max_epochs-<old>.json``, or ``...-<old>.<k>.json`` when that exists (never overwritten)."""
+    path, k = run_dir / f"test_metrics.max_epochs-{old}.json", 1
+    while path.exists():
+        k += 1
+        path = run_dir / f"test_metrics.max_epochs-{old}.{k}.json"
+    return path
+
+
+STOP_WORDS: dict[str, str] = {
+    "early stopping": "early stopping ended it",
+    "other": "it stopped before its budget without early stopping (e.g. trainer.max_steps)",
+}
+
+
+def plan_reopening(cell: Cell) -> Reopening | str | None:
+    """What a larger ``trainer.max_epochs`` does to a finished seed, without touching it.
+
+    A seed that ran its whole (smaller) budget without early stopping is reopened (:class:`Reopening`): its
+    ``test_metrics.json`` becomes ``test_metrics.max_epochs-<old>.json`` and the grid resumes it from
+    ``checkpoints/last.ckpt``. One that early stopping (with the patience it was trained with) or another limit
+    ended stays finished, and the returned sentence says why. ``None``: not finished, or no larger budget asked.
     """
     from stm3_lightning.reporting.reproduction import best_epoch, effective_config, read_curves, stopped_by
 
@@ -223,26 +253,60 @@ def reopen_for_longer_budget(cell: Cell, dry_run: bool = False) -> str | None:
     es = saved.callbacks.early_stopping
     best = best_epoch(str(json.loads(results.read_text()).get("checkpoint", "")))
     reason = stopped_by(epochs, old, best, es.patience, es.enabled)
-    where = f"{cell.label} seed {cell.seed}"
     if reason != "max_epochs":
-        return f"{where}: stopped by {reason} after {epochs} epochs, so trainer.max_epochs={wanted} does not continue it"
+        return (
+            f"{cell.label}: finished after {epochs} epochs, where {STOP_WORDS[reason]}, so trainer.max_epochs="
+            f"{wanted} does not continue it"
+        )
     if not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(
             f"{cell.run_dir} finished its {old} epochs but has no checkpoints/last.ckpt to continue to {wanted} from; "
             f"keep trainer.max_epochs={old}, or delete that folder to retrain the seed from scratch."
         )
-    kept = cell.run_dir / f"test_metrics.max_epochs-{old}.json"
-    if not dry_run:
-        results.rename(kept)
-    verb = "would continue (dry run)" if dry_run else "continuing"
-    return f"{where}: ran its budget of {old} epochs; {verb} to {wanted} from last.ckpt (earlier results: {kept.name})"
+    return Reopening(cell, old, wanted, _kept_name(cell.run_dir, old))
+
+
+def check_results_file(request: ReproduceRequest, cells: Sequence[Cell]) -> None:
+    """Refuse, before anything trains, seeds that the group's committed results file could not be collected with
+    (it holds seeds of another configuration, or cannot be read); see
+    :func:`stm3_lightning.reporting.reproduction.kept_records`."""
+    from stm3_lightning.reporting.reproduction import command_args, kept_records, seed_dirs
+
+    if cells:
+        path = request.results_dir / f"{group_dir(request).name}.json"
+        present = {seed for seed, _ in seed_dirs(group_dir(request))} | {c.seed for c in cells}
+        kept_records(path, present, command_args(compose(cells[0].args), request.data))
 
 
 def train_seeds(request: ReproduceRequest, runner: Runner | None = None) -> GridOutcome:
-    """Train (or continue, or skip) every seed of ``request``, each in its own process (``subprocess.call``)."""
+    """Train (or continue, or skip) every seed of ``request``, each in its own process (``subprocess.call``).
+
+    Every seed is checked (configuration, budget) before any folder is changed, so a refused seed leaves all as
+    they were.
+    """
     cells = plan_seeds(request)
+    check_results_file(request, cells)
+    plans = []
     for cell in cells:
         check_same_configuration(cell)
-        if note := reopen_for_longer_budget(cell, request.dry_run):
-            print(note, flush=True)
-    return run_grid(cells, runner=runner or subprocess.call, dry_run=request.dry_run, resume_overrides=True)
+        plans.append(plan_reopening(cell))
+    reopened = [p for p in plans if isinstance(p, Reopening)]
+    for plan in plans:
+        if isinstance(plan, str):
+            print(plan, flush=True)
+    verb = "would continue (dry run)" if request.dry_run else "continuing"
+    for plan in reopened:
+        if not request.dry_run:
+            plan.apply()
+        print(
+            f"{plan.cell.label}: ran its budget of {plan.old} epochs; {verb} to {plan.wanted} from last.ckpt "
+            f"(earlier results: {plan.kept.name})",
+            flush=True,
+        )
+    return run_grid(
+        cells,
+        runner=runner or subprocess.call,
+        dry_run=request.dry_run,
+        resume_overrides=True,
+        reopened=frozenset(p.cell.run_dir for p in reopened),
+    )

@@ -43,7 +43,8 @@ class PlainProgress(ProgressBar):
         self.every_n_steps = every_n_steps
         self.stream = stream
         self._enabled = True
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None
+        self._first_done = 0
         self._val_start = 0.0
 
     def disable(self) -> None:
@@ -61,7 +62,18 @@ class PlainProgress(ProgressBar):
         return f"epoch {trainer.current_epoch + 1}{total}"
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Start the clock at the first step this process runs in the epoch: a resumed run skips
+        ``on_train_epoch_start`` (Lightning restarts on the epoch's end) and may begin mid-epoch."""
+        if self._epoch_start is None:
+            self._epoch_start, self._first_done = time.perf_counter(), batch_idx
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -71,8 +83,8 @@ class PlainProgress(ProgressBar):
         last = isinstance(total, int) and done == total
         if done % self.every_n_steps and not last:
             return
-        elapsed = time.perf_counter() - self._epoch_start
-        rate = done / elapsed if elapsed > 0 else float("nan")
+        elapsed = time.perf_counter() - (self._epoch_start or time.perf_counter())
+        rate = (done - self._first_done) / elapsed if elapsed > 0 else float("nan")
         left = (total - done) / rate if isinstance(total, int) and rate > 0 else float("nan")
         of = f"/{total}" if isinstance(total, int) else ""
         metrics = self.get_metrics(trainer, pl_module)

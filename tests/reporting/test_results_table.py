@@ -265,3 +265,11 @@ def test_the_horizon_line_names_each_windows_epochs_and_budget(results: Path) ->
         "- horizon (not stated for the paper's number): this repo's STM3 test MAE 12→12: 16.50 (epochs run 15/15, "
         "budget-limited), 96→96: 31.50 (epochs run 1, budget-limited); compare horizons only at equal budgets."
     ) in why
+
+
+def test_the_machine_cell_names_the_thread_count_in_words() -> None:
+    from stm3_lightning.reporting.results_table import machine_cell
+
+    m = {"cpu": "AMD EPYC", "torch_threads": 1, "torch": "2.13.0+cpu", "git_commit": "bc78f50116abcdef"}
+    assert machine_cell(m) == "AMD EPYC, 1 thread, torch 2.13.0+cpu, bc78f50116"
+    assert machine_cell({**m, "torch_threads": 2}).startswith("AMD EPYC, 2 threads, ")

@@ -339,10 +339,16 @@ def seed_table(docs: list[dict]) -> str:
                     f"{s['epochs_run']} / {s['max_epochs']}",
                     s["stopped_by"],
                     wall_time_cell(s),
-                    f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}, {str(m['git_commit'])[:10]}",
+                    machine_cell(m),
                 ]
             )
     return markdown(header, rows)
+
+
+def machine_cell(m: dict) -> str:
+    """``AMD EPYC, 1 thread, torch 2.13.0+cpu, bc78f50116``: what a seed ran on (``machine`` of its record)."""
+    threads = m["torch_threads"]
+    return f"{m['cpu']}, {threads} thread{'' if threads == 1 else 's'}, torch {m['torch']}, {str(m['git_commit'])[:10]}"
 
 
 def curve_table(doc: dict) -> str:

@@ -223,7 +223,11 @@ def test_a_variant_is_compared_with_the_faithful_runs_cut_to_its_epochs(results:
         "test MAE from the test curve at that epoch): validation MAE 20.20 (seed 1: 20.20) vs 21.50 ± 0.71 "
         "(seed 1: 21.00, seed 2: 22.00); test MAE 20.90 (seed 1: 20.90) vs 22.40 (seed 2: 22.40)."
     ) in section
-    assert "| STM3 (this repo, repaired) | 19.90 |" in text.split("### pems08 12→12")[1].split("###")[0]
+    table = text.split("### pems08 12→12")[1].split("###")[0]
+    assert "| STM3 (this repo, repaired) | 19.90 |" in table
+    assert table.index("| STM3 (this repo) |") < table.index("| STM3 (this repo, repaired) |")
+    why = text.split("## Why the reported PEMSD8 number may differ")[1].split("## ")[0].strip().splitlines()
+    assert not any("repaired" in line for line in why) and why[-1] == f"- scaler: {SCALER_NOTE}."
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,7 @@ def test_reproduce_writes_one_folder_per_seed_and_a_results_file(group: Path) ->
     assert doc["mean_std"]["mae"]["n"] == 2 and doc["mean_std"]["mae"]["std"] is not None
     assert doc["command"]["make"].startswith("make reproduce DATA=synthetic SEEDS=1,2 ARGS=")
     assert "data.input_len=12" in doc["command"]["stm3"] and "paths.root_dir" not in doc["command"]["stm3"]
+    assert " eval_seeds=2 " in doc["command"]["stm3"] and "checks=" not in doc["command"]["stm3"]
     curve = doc["per_epoch"]["seed1"]
     assert curve["epoch"] == [1, 2] and None not in curve["val_mae"] and None not in curve["test_mae"]
     checks = doc["protocol_checks"]
@@ -185,6 +186,7 @@ def test_an_interrupted_seed_is_continued_with_resume(
     assert (run / "test_metrics.json").is_file() and (run / "config.resume-1.yaml").is_file()
     doc = json.loads((root / "results" / "synthetic-12-6.json").read_text())
     assert doc["seeds"][0]["epochs_run"] == 2 and doc["seeds"][0]["max_epochs"] == 2
+    assert "seeds=3 checks= eval_seeds=0 " in doc["command"]["stm3"]  # which protocol checks ran
 
 
 @pytest.mark.slow

@@ -25,9 +25,16 @@ from omegaconf import DictConfig
 
 from stm3_lightning.config.compose import GROUPS, ConfigError, compose, compose_saved
 from stm3_lightning.reporting.ablations import base_args
-from stm3_lightning.reporting.protocol_checks import SCALER_NOTE, run_checks, selection_check
+from stm3_lightning.reporting.protocol_checks import CHECKS, SCALER_NOTE, run_checks, selection_check
 from stm3_lightning.run.machine import machine_info
-from stm3_lightning.run.reproduce import MUTABLE_PREFIXES, RUN_DEFAULTS, ReproduceRequest, group_dir, settings
+from stm3_lightning.run.reproduce import (
+    MUTABLE_PREFIXES,
+    RUN_DEFAULTS,
+    RUNNER_KEYS,
+    ReproduceRequest,
+    group_dir,
+    settings,
+)
 from stm3_lightning.run.results import atomic_write_text
 
 # The release's schedule (reference §4): 100 epochs, early stopping patience 15 on validation loss.
@@ -180,8 +187,9 @@ def seed_record(seed: int, run_dir: Path, request: ReproduceRequest) -> dict[str
 
 
 def doc_args(doc: dict[str, Any]) -> list[str]:
-    """The overrides of a results file's ``stm3`` command (what follows ``data=``, ``seeds=`` and ``variant=``)."""
-    fixed = ("data=", "seeds=", "variant=")
+    """The run overrides of a results file's ``stm3`` command (without ``stm3 reproduce``'s own keys: ``data=``,
+    ``seeds=``, ``variant=``, ``checks=``, ...)."""
+    fixed = tuple(f"{k}=" for k in RUNNER_KEYS)
     return [a for a in shlex.split(doc["command"]["stm3"])[2:] if not a.startswith(fixed)]
 
 
@@ -269,6 +277,14 @@ def command_args(cfg: DictConfig, data: str) -> list[str]:
     base.update({k: f"{k}={v}" for k, v in RUN_DEFAULTS.items()})
     own = settings(cfg)
     return [*groups, *(own[k] for k in own if base.get(k) != own[k])]
+
+
+def evaluation_args(request: ReproduceRequest) -> list[str]:
+    """``checks=...`` and ``eval_seeds=...`` of ``request`` where they are not the defaults (every check, 5 eval
+    seeds), so the recorded command says which protocol checks ran."""
+    out = [] if set(request.checks) == set(CHECKS) else [f"checks={','.join(request.checks)}"]
+    default_seeds = ReproduceRequest.__dataclass_fields__["eval_seeds"].default
+    return out + ([f"eval_seeds={request.eval_seeds}"] if request.eval_seeds != default_seeds else [])
 
 
 def commands(data: str, seeds: list[int], variant: str, args: list[str]) -> dict[str, str]:
@@ -397,7 +413,7 @@ def build_results(request: ReproduceRequest) -> dict[str, Any]:
         "seeds": [{k: v for k, v in r.items() if k not in INTERNAL_KEYS} for r in records],
         "unfinished_seeds": [s for s, p in folders if (s, p) not in finished],
         "mean_std": {k: mean_std([r["test"][k] for r in records]) for k in keys},
-        "command": commands(request.data, seeds, request.variant, args),
+        "command": commands(request.data, seeds, request.variant, [*evaluation_args(request), *args]),
         "commands_differ": [{"seed": r["seed"], "args": r["args"]} for r in records if r["args"] != args],
         "per_epoch": {f"seed{r['seed']}": r["curves"] for r in records},
         "protocol_checks": protocol_checks(records),

@@ -57,6 +57,18 @@ class InProcess:
         return main(command[3:])
 
 
+def trained_for_one_epoch(
+    root: Path, seeds: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[InProcess, list[str]]:
+    """``stm3 reproduce seeds=<seeds>`` for 1 epoch in ``root`` (no checks), trained in-process; returns the runner
+    (its commands) and the request's arguments without ``trainer.max_epochs``."""
+    runner = InProcess()
+    monkeypatch.setattr(reproduce.subprocess, "call", runner)
+    args = [f"seeds={seeds}", *request_args(root), "checks=", "eval_seeds=0"]
+    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    return runner, args
+
+
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two finished seeds and their results file, produced by `stm3 reproduce` (seeds trained in-process)."""
@@ -281,10 +293,7 @@ def test_a_larger_budget_continues_a_finished_seed_that_its_budget_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "extend"
-    runner = InProcess()
-    monkeypatch.setattr(reproduce.subprocess, "call", runner)
-    args = ["seeds=4", *request_args(root), "checks=", "eval_seeds=0"]
-    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    runner, args = trained_for_one_epoch(root, "4", monkeypatch)
     run = root / "reproduce" / "synthetic-12-6" / "seed4"
     first = json.loads((run / "test_metrics.json").read_text())
     assert main(["reproduce", *args, "trainer.max_epochs=3", "dry_run=true"]) == 0
@@ -310,10 +319,7 @@ def test_a_seed_that_early_stopping_ended_is_not_continued(
     from stm3_lightning.reporting import reproduction
 
     root = tmp_path / "stopped"
-    runner = InProcess()
-    monkeypatch.setattr(reproduce.subprocess, "call", runner)
-    args = ["seeds=5", *request_args(root), "checks=", "eval_seeds=0"]
-    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    runner, args = trained_for_one_epoch(root, "5", monkeypatch)
     monkeypatch.setattr(reproduction, "stopped_by", lambda *a: "early stopping")
     assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 0
     assert (
@@ -329,10 +335,7 @@ def test_a_seed_without_last_checkpoint_refuses_the_whole_request_untouched(
 ) -> None:
     """Seed 6 could continue, seed 7 cannot: nothing is renamed and nothing trains."""
     root = tmp_path / "nolast"
-    runner = InProcess()
-    monkeypatch.setattr(reproduce.subprocess, "call", runner)
-    args = ["seeds=6,7", *request_args(root), "checks=", "eval_seeds=0"]
-    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    runner, args = trained_for_one_epoch(root, "6,7", monkeypatch)
     group_dir = root / "reproduce" / "synthetic-12-6"
     (group_dir / "seed7" / "checkpoints" / "last.ckpt").unlink()
     assert main(["reproduce", *args, "trainer.max_epochs=3"]) == 2
@@ -349,10 +352,7 @@ def test_a_failed_continuation_keeps_the_earlier_results_and_is_resumed_next_tim
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "failed"
-    runner = InProcess()
-    monkeypatch.setattr(reproduce.subprocess, "call", runner)
-    args = ["seeds=8", *request_args(root), "checks=", "eval_seeds=0"]
-    assert main(["reproduce", *args, "trainer.max_epochs=1"]) == 0
+    runner, args = trained_for_one_epoch(root, "8", monkeypatch)
     run = root / "reproduce" / "synthetic-12-6" / "seed8"
     results = root / "results" / "synthetic-12-6.json"
     before = results.read_text()

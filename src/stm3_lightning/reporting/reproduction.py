@@ -28,6 +28,7 @@ from stm3_lightning.reporting.ablations import base_args
 from stm3_lightning.reporting.protocol_checks import CHECKS, SCALER_NOTE, run_checks, selection_check
 from stm3_lightning.run.machine import machine_info
 from stm3_lightning.run.reproduce import (
+    DEFAULT_EVAL_SEEDS,
     MUTABLE_PREFIXES,
     RUN_DEFAULTS,
     RUNNER_KEYS,
@@ -283,8 +284,7 @@ def evaluation_args(request: ReproduceRequest) -> list[str]:
     """``checks=...`` and ``eval_seeds=...`` of ``request`` where they are not the defaults (every check, 5 eval
     seeds), so the recorded command says which protocol checks ran."""
     out = [] if set(request.checks) == set(CHECKS) else [f"checks={','.join(request.checks)}"]
-    default_seeds = ReproduceRequest.__dataclass_fields__["eval_seeds"].default
-    return out + ([f"eval_seeds={request.eval_seeds}"] if request.eval_seeds != default_seeds else [])
+    return out + ([f"eval_seeds={request.eval_seeds}"] if request.eval_seeds != DEFAULT_EVAL_SEEDS else [])
 
 
 def commands(data: str, seeds: list[int], variant: str, args: list[str]) -> dict[str, str]:

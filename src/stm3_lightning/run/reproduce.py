@@ -44,6 +44,8 @@ RUN_DEFAULTS: dict[str, str] = {
     "callbacks.checkpoint.every_n_train_steps": str(STEP_CHECKPOINT_INTERVAL),
     "callbacks.test_every_epoch": "true",
 }
+# Eval seeds whose test MAE spread each results file reports (``eval_seeds=``).
+DEFAULT_EVAL_SEEDS = 5
 # Keys of ``stm3 reproduce`` itself; every other ``key=value`` is an override of each seed's run.
 RUNNER_KEYS: tuple[str, ...] = (
     "data",
@@ -85,7 +87,7 @@ class ReproduceRequest:
     seeds: list[int]
     variant: str = ""
     extra: list[str] = field(default_factory=list)
-    eval_seeds: int = 5
+    eval_seeds: int = DEFAULT_EVAL_SEEDS
     checks: tuple[str, ...] = ()
     results_dir: Path = Path("results")
     dry_run: bool = False
@@ -117,7 +119,7 @@ def parse_request(args: Sequence[str], checks_available: Sequence[str] = ()) -> 
             "(checks= with nothing after it runs none)."
         )
     try:
-        eval_seeds = int(own.get("eval_seeds", "5"))
+        eval_seeds = int(own.get("eval_seeds", str(DEFAULT_EVAL_SEEDS)))
     except ValueError as exc:
         raise ConfigError(
             f"eval_seeds={own['eval_seeds']} is not an integer; write e.g. eval_seeds=5."
